@@ -1,0 +1,133 @@
+"""The ``stguide`` command line. Thin: every subcommand calls one public function.
+
+Bad input (:class:`stguide.errors.InputError`) is printed as one message naming the file, the problem and the
+fix, with exit status 2 and no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+
+def _table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 110))
+    for name, m in results["methods"].items():
+        t = Table(title=f"{name}: per held-out patient (linear probe; kNN balanced acc. in the last column)")
+        for col in ("patient", "n_test", "acc", "bacc", "macro_f1", "weighted_f1", "kappa", "knn_bacc"):
+            t.add_column(col, justify="right")
+        for p, f in m["folds"].items():
+            t.add_row(p, str(f["n_test"]), *(f"{f[k]:.3f}" for k in ("acc", "bacc", "macro_f1", "weighted_f1", "kappa", "knn_bacc")))
+        mu, sd = m["mean"], m["sd"]
+        t.add_row("mean ± sd", "", *(f"{mu[k]:.3f} ± {sd[k]:.3f}" for k in ("acc", "bacc", "macro_f1", "weighted_f1", "kappa", "knn_bacc")))
+        console.print(t)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from stguide.demo import run_demo
+
+    results = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    _table(results)
+    print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'} ({results['runtime_s']} s)")
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from stguide import data
+
+    if args.format == "her2st":
+        a = data.read_her2st(args.path, gene_rule=args.gene_rule)
+    elif args.format == "hest":
+        a = data.read_hest(args.path, ids=args.ids, labels_dir=args.labels_dir, gene_rule=args.gene_rule)
+    elif args.format == "visium":
+        a = data.read_visium(args.path, image=args.image, patient=args.patient, section=args.section, labels=args.labels)
+    elif args.format == "synthetic":
+        a = data.make_synthetic(seed=args.seed, image_dir=Path(args.out).parent / "images")
+    else:  # anndata
+        a = data.read_anndata(args.path, args.image, args.um_per_px, patient=args.patient, section=args.section,
+                              label_key=args.label_key)
+    data.write_dataset(a, args.out)
+    print(f"wrote {args.out}: {a.n_obs} spots × {a.n_vars} genes, {a.obs['patient'].nunique()} patients, "
+          f"{a.obs['section'].nunique()} sections, {int(a.obs['label'].notna().sum())} labelled spots")
+
+
+def cmd_patches(args: argparse.Namespace) -> None:
+    from stguide.data import read_dataset
+    from stguide.data.patches import extract_patches
+
+    store = extract_patches(read_dataset(args.data), args.size_um, args.out_px, args.cache_dir, outside=args.outside,
+                            stain_norm=args.stain_norm)
+    print(f"patch cache: {store.path} ({len(store)} patches, {store.meta['n_padded']} padded at the image border)")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from stguide.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stguide", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the whole method on the embedded synthetic dataset (LOPO)")
+    d.add_argument("--out", default="stguide-demo", help="output folder (default: stguide-demo)")
+    d.add_argument("--quick", action="store_true", help="a smaller dataset and fewer epochs (under 2 minutes)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("data", help="read a dataset into the stguide data model (.h5ad)")
+    r.add_argument("format", choices=["her2st", "hest", "visium", "anndata", "synthetic"])
+    r.add_argument("path", nargs="?", help="HER2ST root, HEST root, Visium outs/, or an .h5ad")
+    r.add_argument("--out", required=True, help="the .h5ad to write")
+    r.add_argument("--ids", nargs="*", help="HEST ids (default: all)")
+    r.add_argument("--labels-dir", help="HEST: folder of {id}.tsv label files")
+    r.add_argument("--labels", help="Visium: a barcode,label TSV")
+    r.add_argument("--image", help="Visium / AnnData: the full-resolution H&E image")
+    r.add_argument("--um-per-px", type=float, help="AnnData: µm per pixel of --image")
+    r.add_argument("--patient", help="Visium / AnnData: the patient")
+    r.add_argument("--section", help="Visium / AnnData: the section name")
+    r.add_argument("--label-key", help="AnnData: obs column of labels")
+    r.add_argument("--gene-rule", default="intersection", choices=["intersection", "union"])
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_data)
+
+    c = sub.add_parser("patches", help="cut patches by physical size into a cache")
+    c.add_argument("data", help="a dataset .h5ad written by `stguide data`")
+    c.add_argument("--size-um", type=float, default=200.0)
+    c.add_argument("--out-px", type=int, default=224)
+    c.add_argument("--cache-dir", default="patches")
+    c.add_argument("--outside", default="pad", choices=["pad", "raise"])
+    c.add_argument("--stain-norm", default=None, choices=["macenko"])
+    c.set_defaults(func=cmd_patches)
+
+    rep = sub.add_parser("report", help="rebuild report.md from a run folder's results.json")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stguide.errors import DataWarning, InputError
+
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default", DataWarning)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"
+    try:
+        args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

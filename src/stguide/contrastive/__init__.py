@@ -1,0 +1,8 @@
+"""Stage 2: contrastive training of an image encoder against a frozen gene encoder."""
+from stguide.contrastive.encoders import build_image_encoder
+from stguide.contrastive.heads import ProjectionHead
+from stguide.contrastive.losses import LOSSES, ContrastiveLoss, get_loss
+from stguide.contrastive.train import ContrastiveConfig, extract_features, train_contrastive
+
+__all__ = ["LOSSES", "ContrastiveConfig", "ContrastiveLoss", "ProjectionHead", "build_image_encoder", "extract_features",
+           "get_loss", "train_contrastive"]

@@ -1,0 +1,173 @@
+"""Stage 2 as a function: (config, patches, gene latents, training spots) → checkpoint + image features."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from stguide.contrastive.augment import Augment
+from stguide.contrastive.data import ImageDataset, PairDataset
+from stguide.contrastive.encoders import build_image_encoder
+from stguide.contrastive.losses import get_loss
+from stguide.contrastive.module import ContrastiveModule
+from stguide.data.patches import PatchStore
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    """Stage-2 settings (documented in docs/configuration.md).
+
+    ``backbone`` (timm name), ``init`` (none / imagenet / effnet-lite0 / file:PATH), ``embed_dim`` and
+    ``dropout`` of both projection heads, ``loss`` and ``loss_kwargs`` (e.g. ``{alpha: 0.5}`` for inter-soft),
+    ``temperature`` (initial τ) and ``learn_temperature``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``
+    (AdamW, cosine schedule), ``augment`` (flips, 90° rotations, HED jitter, resized crop), ``freeze_backbone``
+    (train the heads only), ``val_fraction`` (training spots held back for early stopping; 0 = none),
+    ``patience`` (early-stopping epochs), ``num_workers``, ``precision`` (``auto``: bf16-mixed on GPU, 32 on
+    CPU), ``seed``, ``trainer_kwargs`` (passed to ``lightning.Trainer``).
+    """
+
+    backbone: str = "resnet18"
+    init: str = "none"
+    embed_dim: int = 128
+    dropout: float = 0.1
+    loss: str = "clip"
+    loss_kwargs: dict = field(default_factory=dict)
+    temperature: float = 0.07
+    learn_temperature: bool = True
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    augment: bool = True
+    freeze_backbone: bool = False
+    val_fraction: float = 0.0
+    patience: int = 3
+    num_workers: int = 0
+    precision: str = "auto"
+    seed: int = 0
+    trainer_kwargs: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "config:contrastive") -> "ContrastiveConfig":
+        from stguide.config import build_dataclass
+
+        return build_dataclass(cls, d or {}, where)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*TensorBoard.*")
+        warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, old):
+                lg.setLevel(lv)
+
+
+def _feature_dim(backbone: torch.nn.Module, transform, store: PatchStore) -> int:
+    with torch.no_grad():
+        was = backbone.training
+        backbone.eval()
+        d = backbone(transform(store[0])[None]).shape[-1]
+        backbone.train(was)
+    return int(d)
+
+
+def build_module(cfg: ContrastiveConfig, store: PatchStore, gene_dim: int) -> tuple[ContrastiveModule, Any]:
+    """The untrained module and the image transform for ``cfg``."""
+    backbone, transform = build_image_encoder(cfg.backbone, cfg.init, num_classes=0, img_size=int(store.meta["out_px"]))
+    module = ContrastiveModule(backbone, _feature_dim(backbone, transform, store), gene_dim, get_loss(cfg.loss, **cfg.loss_kwargs),
+                               embed_dim=cfg.embed_dim, dropout=cfg.dropout, temperature=cfg.temperature,
+                               learn_temperature=cfg.learn_temperature, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               freeze_backbone=cfg.freeze_backbone, max_epochs=cfg.epochs)
+    return module, transform
+
+
+def train_contrastive(
+    cfg: ContrastiveConfig,
+    store: PatchStore,
+    obs_names: list[str],
+    latents: np.ndarray,
+    labels: np.ndarray | None,
+    out_dir: str | PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[ContrastiveModule, Any]:
+    """Train the image tower against frozen gene latents of the training spots ``obs_names``.
+
+    ``labels`` are integer class ids (−1 unlabelled), used by ``supcon``. Writes ``out_dir/checkpoints/last.ckpt``
+    (every epoch), CSV and TensorBoard logs. ``resume`` continues from ``last.ckpt``. Returns (module, transform).
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    out_dir = Path(out_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module, transform = build_module(cfg, store, latents.shape[1])
+    rows = store.indices(obs_names)
+    y = np.full(len(rows), -1) if labels is None else np.asarray(labels)
+    rng = np.random.default_rng(cfg.seed)
+    n_val = int(round(cfg.val_fraction * len(rows)))
+    perm = rng.permutation(len(rows))
+    tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    aug = Augment() if cfg.augment else None
+    ds_tr = PairDataset(store, rows[tr], latents[tr], y[tr], transform, aug, cfg.seed)
+    drop_last = len(tr) > cfg.batch_size and len(tr) % cfg.batch_size < 2  # BatchNorm cannot train on one sample
+    g = torch.Generator().manual_seed(cfg.seed)
+    dl_tr = DataLoader(ds_tr, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, num_workers=cfg.num_workers, generator=g)
+    dl_va = None
+    callbacks: list = [ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)]
+    if n_val:
+        dl_va = DataLoader(PairDataset(store, rows[va], latents[va], y[va], transform, None, cfg.seed), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        callbacks.append(EarlyStopping("val_loss", patience=cfg.patience))
+    gpu = torch.cuda.is_available()
+    precision = ("bf16-mixed" if gpu else "32-true") if cfg.precision == "auto" else cfg.precision
+    kw = dict(max_epochs=cfg.epochs, accelerator="gpu" if gpu else "cpu", devices=1, precision=precision,
+              deterministic=not gpu, callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
+              logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tb", version="")],
+              log_every_n_steps=1, num_sanity_val_steps=0)
+    kw.update(cfg.trainer_kwargs)
+    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    with _quiet_lightning():
+        trainer = L.Trainer(**kw)
+        trainer.fit(module, dl_tr, dl_va, ckpt_path=str(ckpt) if resume and ckpt.is_file() else None, weights_only=False)
+    module.eval()
+    return module, transform
+
+
+@torch.no_grad()
+def extract_features(module: ContrastiveModule | torch.nn.Module, transform, store: PatchStore, obs_names: list[str],
+                     batch_size: int = 128, head: bool = False) -> np.ndarray:
+    """Frozen image features of ``obs_names``: backbone output (default) or the normalised head embedding."""
+    rows = store.indices(obs_names)
+    dl = DataLoader(ImageDataset(store, rows, transform), batch_size=batch_size)
+    out = []
+    net = module
+    net.eval()
+    for x in dl:
+        if isinstance(net, ContrastiveModule):
+            f, e = net.embed_images(x)
+            out.append((e if head else f).float().cpu().numpy())
+        else:
+            out.append(net(x).float().cpu().numpy())
+    return np.concatenate(out, 0)

@@ -1,0 +1,166 @@
+"""Patches cut around each spot by physical size (µm), cached as one memory-mapped uint8 array.
+
+Cache folder ``patches-<fingerprint>/``: ``patches.npy`` (N×H×W×3 uint8), ``meta.json`` (spot ids, size_um,
+out_px, µm/px per section, the fraction of each patch's field of view that lies outside its image, the
+fingerprint). The fingerprint covers spot ids and positions, each image's content hash and µm/px, and every
+extraction option; a re-run with the same inputs reuses the cache, any change writes a new one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from os import PathLike
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+from stguide.data.images import open_level
+from stguide.data.model import section_info
+from stguide.data.stain import apply_macenko, fit_macenko
+from stguide.errors import InputError
+from stguide.io import atomic_path, file_digest, fingerprint, write_json_atomic
+from stguide.progress import track
+
+CACHE_VERSION = 1
+OUTSIDE_POLICIES = ("pad", "raise")
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """How patches are cut.
+
+    ``size_um``: side of the square field of view in µm (default 200, the HER2ST grid pitch, so neighbouring
+    patches touch without overlap; a free choice, since the paper's is unpublished). ``out_px``: side in pixels
+    after resampling. ``outside``: ``pad`` (fill with white and record the outside fraction) or ``raise`` when a
+    field of view leaves the image. ``stain_norm``: ``None`` or ``"macenko"`` (fitted per section).
+    """
+
+    size_um: float = 200.0
+    out_px: int = 224
+    outside: str = "pad"
+    stain_norm: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.outside not in OUTSIDE_POLICIES:
+            raise InputError("config:patches.outside", f"unknown policy {self.outside!r}", f"use one of {list(OUTSIDE_POLICIES)}")
+        if self.stain_norm not in (None, "macenko"):
+            raise InputError("config:patches.stain_norm", f"unknown stain normalisation {self.stain_norm!r}", "use null or 'macenko'")
+        if not self.size_um > 0 or int(self.out_px) < 8:
+            raise InputError("config:patches", "size_um must be > 0 and out_px ≥ 8", "fix the patch settings")
+
+
+class PatchStore:
+    """Read-only access to a patch cache: ``store[i]`` or ``store.take(obs_names)``; memory-mapped."""
+
+    def __init__(self, path: str | PathLike) -> None:
+        self.path = Path(path)
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        self.images = np.load(self.path / "patches.npy", mmap_mode="r")
+        self.obs_names = list(self.meta["obs_names"])
+        self._index = {n: i for i, n in enumerate(self.obs_names)}
+        self.outside = np.asarray(self.meta["outside_fraction"], dtype=float)
+
+    def __len__(self) -> int:
+        return len(self.obs_names)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.images[i])
+
+    def indices(self, obs_names) -> np.ndarray:
+        """Row of each spot id; raises when a spot has no patch (e.g. its section has no image)."""
+        try:
+            return np.array([self._index[n] for n in obs_names], dtype=np.int64)
+        except KeyError as e:
+            raise InputError(self.path, f"spot {e.args[0]!r} has no patch in this cache", "extract patches for this dataset (its section may lack an image)") from None
+
+    def take(self, obs_names) -> np.ndarray:
+        return np.asarray(self.images[self.indices(obs_names)])
+
+
+def _fingerprint(adata: ad.AnnData, cfg: PatchConfig, sections: list[str]) -> str:
+    infos = {s: section_info(adata, s) for s in sections}
+    obs = adata.obs
+    return fingerprint(
+        CACHE_VERSION,
+        asdict(cfg),
+        list(map(str, adata.obs_names)),
+        obs["x_px"].to_numpy(float),
+        obs["y_px"].to_numpy(float),
+        {s: [file_digest(i.image), i.um_per_px] for s, i in infos.items()},
+    )
+
+
+def extract_patches(
+    adata: ad.AnnData,
+    size_um: float = 200.0,
+    out_px: int = 224,
+    cache_dir: str | PathLike = "patches",
+    *,
+    outside: str = "pad",
+    stain_norm: str | None = None,
+    progress: bool = True,
+) -> PatchStore:
+    """Cut every spot of every section that has an image at the same physical field of view.
+
+    Each section image is opened once, at the coarsest level not coarser than the patches need (JPEG draft,
+    TIFF pyramid or streamed tiles, OpenSlide level). Spots of sections without an image get no patch; they are
+    listed in ``meta["skipped_sections"]``.
+
+    Returns the :class:`PatchStore`. Raises :class:`InputError` when a field of view leaves its image and
+    ``outside="raise"``, or when an image is missing or unreadable; nothing is left behind then.
+    """
+    cfg = PatchConfig(float(size_um), int(out_px), outside, stain_norm)
+    sections = [s for s in adata.obs["section"].cat.categories if section_info(adata, s).has_image]
+    skipped = [s for s in adata.obs["section"].cat.categories if s not in sections]
+    fp = _fingerprint(adata, cfg, sections)
+    target = Path(cache_dir) / f"patches-{fp}"
+    if (target / "meta.json").is_file():
+        return PatchStore(target)
+    sec_col = adata.obs["section"].astype(str).to_numpy()
+    rows = np.flatnonzero(np.isin(sec_col, sections))
+    if len(rows) == 0:
+        raise InputError(adata.uns.get("source", {}).get("root", "<dataset>"), "no section has an image", "give at least one section an H&E image")
+    names = adata.obs_names[rows]
+    outside_frac = np.zeros(len(rows))
+    per_section = {}
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        arr = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(len(rows), cfg.out_px, cfg.out_px, 3))
+        for s in track(sections, f"cutting {cfg.size_um:g} µm patches", enabled=progress):
+            info = section_info(adata, s)
+            half_px = cfg.size_um / info.um_per_px / 2
+            level = open_level(info.image, downsample=(2 * half_px) / cfg.out_px)
+            try:
+                sel = np.flatnonzero(sec_col[rows] == s)
+                xs = adata.obs["x_px"].to_numpy(float)[rows[sel]]
+                ys = adata.obs["y_px"].to_numpy(float)[rows[sel]]
+                w, h = level.full_size
+                off = (xs < 0) | (ys < 0) | (xs >= w) | (ys >= h)
+                if off.any():
+                    raise InputError(info.image, f"{int(off.sum())} spot centre(s) of section {s} lie outside the {w}×{h} px image (e.g. {names[sel][off][:3].tolist()})",
+                                     "check that positions are full-resolution pixels of this image")
+                for j, x, y in zip(sel, xs, ys):
+                    arr[j], outside_frac[j] = level.cut(x, y, half_px, cfg.out_px)
+                bad = outside_frac[sel] > 0
+                if bad.any() and cfg.outside == "raise":
+                    raise InputError(info.image, f"the {cfg.size_um:g} µm field of view of {int(bad.sum())} spot(s) of section {s} leaves the image (e.g. {names[sel][bad][:3].tolist()})",
+                                     "use outside='pad' to pad them with white (they are flagged), or a smaller size_um")
+                if cfg.stain_norm == "macenko":
+                    he, max_c = fit_macenko(np.asarray(arr[sel]))
+                    for j in sel:
+                        arr[j] = apply_macenko(np.asarray(arr[j]), he, max_c)
+                    per_section[s] = {"stain_matrix": he.tolist(), "max_conc": max_c.tolist()}
+                per_section.setdefault(s, {})["um_per_px"] = info.um_per_px
+                per_section[s]["read_scale"] = level.scale
+            finally:
+                level.close()
+        arr.flush()
+        del arr
+        meta = {
+            "fingerprint": fp, "version": CACHE_VERSION, **asdict(cfg), "obs_names": list(map(str, names)),
+            "outside_fraction": outside_frac.tolist(), "n_padded": int((outside_frac > 0).sum()),
+            "sections": per_section, "skipped_sections": skipped,
+        }
+        write_json_atomic(tmp / "meta.json", meta)
+    return PatchStore(target)

@@ -1,0 +1,166 @@
+"""Leave-one-patient-out: for each fold, fit every component on the training patients only, then score frozen
+image features of the held-out patient. Each fold writes ``leakage_audit.json`` and refuses to score a fold whose
+audit shows the held-out patient in any fit."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+from stguide.contrastive.encoders import build_image_encoder
+from stguide.contrastive.train import ContrastiveConfig, extract_features, train_contrastive
+from stguide.data.folds import Fold, assert_no_leak, lopo_folds
+from stguide.data.model import labelled_mask
+from stguide.data.patches import PatchStore
+from stguide.errors import InputError
+from stguide.evaluate.metrics import classification_metrics, missing_classes, summarise
+from stguide.evaluate.probes import ProbeConfig, fit_knn_probe, fit_linear_probe
+from stguide.genes.base import GeneConfig
+from stguide.genes.registry import get_encoder
+from stguide.io import write_json_atomic
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison: ``gene_encoder`` and ``loss`` (both None: no contrastive stage, the backbone at
+    its ``init`` is scored as is), and the image ``init`` (None: the contrastive config's)."""
+
+    name: str
+    gene_encoder: str | None = None
+    loss: str | None = None
+    init: str | None = None
+    backbone: str | None = None
+    loss_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LopoConfig:
+    """What a LOPO run fits and scores. ``features``: ``backbone`` (default) or ``head`` output is probed.
+    ``exclude_labels``: never scored nor used to train probes. ``folds``: held-out patients (default: every
+    labelled patient)."""
+
+    methods: tuple[Method, ...]
+    genes: GeneConfig = GeneConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
+    probe: ProbeConfig = ProbeConfig()
+    features: str = "backbone"
+    exclude_labels: tuple[str, ...] = ("undetermined",)
+    folds: tuple[str, ...] | None = None
+
+
+def _audit(adata: ad.AnnData, fold: Fold, masks: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Record, and check, which patients every fitted component saw."""
+    return {what: assert_no_leak(adata, fold, m, what) for what, m in masks.items()}
+
+
+def run_fold(cfg: LopoConfig, adata: ad.AnnData, store: PatchStore, fold: Fold, out: Path, progress: bool = True) -> dict[str, dict]:
+    """Fit and score every method on one fold; returns {method: metrics}."""
+    has_patch = np.isin(np.asarray(adata.obs_names), store.obs_names)
+    lab = labelled_mask(adata, cfg.exclude_labels)
+    labels = adata.obs["label"].astype(str).to_numpy()
+    patients = adata.obs["patient"].astype(str).to_numpy()
+    probe_train = fold.train & lab & has_patch
+    test = fold.test & lab & has_patch
+    if not test.any():
+        raise InputError("config:folds", f"held-out patient {fold.held_out!r} has no labelled spot with an image patch",
+                         "give the patient's labelled sections an image, or hold out another patient")
+    names = np.asarray(adata.obs_names)
+    classes = sorted(set(labels[probe_train]))
+    encoders: dict[str, Any] = {}
+    results = {}
+    for m in cfg.methods:
+        mdir = out / m.name
+        masks: dict[str, np.ndarray] = {}
+        ccfg = cfg.contrastive
+        overrides = {k: v for k, v in (("init", m.init), ("backbone", m.backbone)) if v is not None}
+        if m.loss:
+            overrides.update(loss=m.loss, loss_kwargs={**ccfg.loss_kwargs, **m.loss_kwargs})
+        ccfg = ContrastiveConfig(**{**asdict(ccfg), **overrides})
+        if m.gene_encoder is None:
+            backbone, transform = build_image_encoder(ccfg.backbone, ccfg.init, img_size=int(store.meta["out_px"]))
+            model = backbone
+        else:
+            if m.gene_encoder not in encoders:
+                enc = get_encoder(m.gene_encoder, cfg.genes)
+                enc.fit(adata[fold.train], batch_key="patient", labels_key="label")
+                enc.save(out / "genes" / m.gene_encoder)
+                encoders[m.gene_encoder] = enc
+            enc = encoders[m.gene_encoder]
+            masks["gene_selection"] = masks["gene_encoder"] = fold.train
+            ctrain = fold.train & has_patch
+            masks["contrastive"] = ctrain
+            z = enc.transform(adata[ctrain])
+            y = np.array([classes.index(c) if (ok and c in classes) else -1 for c, ok in zip(labels[ctrain], lab[ctrain])])
+            model, transform = train_contrastive(ccfg, store, list(names[ctrain]), z, y, mdir, progress=progress)
+        masks["probe"] = probe_train
+        audit = _audit(adata, fold, masks)
+        audit["held_out"] = {"patient": fold.held_out, "n_scored_spots": int(test.sum())}
+        write_json_atomic(mdir / "leakage_audit.json", audit)
+        feats = extract_features(model, transform, store, list(names[probe_train | test]), head=cfg.features == "head")
+        idx = {n: i for i, n in enumerate(names[probe_train | test])}
+        xtr = feats[[idx[n] for n in names[probe_train]]]
+        xte = feats[[idx[n] for n in names[test]]]
+        ytr, yte = labels[probe_train], labels[test]
+        lin, C, inner = fit_linear_probe(xtr, ytr, patients[probe_train], cfg.probe)
+        knn = fit_knn_probe(xtr, ytr, cfg.probe)
+        pred = lin.predict(xte)
+        metrics = classification_metrics(yte, pred)
+        metrics.update({f"knn_{k}": v for k, v in classification_metrics(yte, knn.predict(xte)).items()})
+        metrics.update(n_train=int(probe_train.sum()), n_test=int(test.sum()), C=float(C),
+                       missing_classes=missing_classes(yte, classes))
+        write_json_atomic(mdir / "metrics.json", metrics)
+        np.savez_compressed(mdir / "predictions.npz", obs_names=names[test], y_true=yte, y_pred=pred)
+        results[m.name] = metrics
+    return results
+
+
+def run_lopo(cfg: LopoConfig, adata: ad.AnnData, store: PatchStore, out_dir: str | PathLike, progress: bool = True,
+             extra: dict | None = None) -> dict:
+    """Run every method on every fold; write ``results.json`` and return it."""
+    out = Path(out_dir)
+    folds = lopo_folds(adata, cfg.folds, cfg.exclude_labels)
+    per: dict[str, dict[str, dict]] = {m.name: {} for m in cfg.methods}
+    for i, fold in enumerate(folds):
+        if progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold]fold {i + 1}/{len(folds)}[/]: holding out patient {fold.held_out}")
+        res = run_fold(cfg, adata, store, fold, out / "folds" / fold.held_out, progress)
+        for name, metr in res.items():
+            per[name][fold.held_out] = metr
+    results = {"methods": {}, "config": _jsonable(asdict(cfg)), "dataset": dataset_summary(adata)}
+    for name, folds_m in per.items():
+        mean, sd = summarise(folds_m)
+        results["methods"][name] = {"folds": folds_m, "mean": mean, "sd": sd}
+    if extra:
+        results.update(extra)
+    write_json_atomic(out / "results.json", results)
+    return results
+
+
+def _jsonable(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v) for v in d]
+    return d
+
+
+def dataset_summary(adata: ad.AnnData) -> dict:
+    """What was read: patients, sections, spots, labelled spots per patient and label source, genes kept/dropped."""
+    obs = adata.obs
+    return {
+        "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars),
+        "patients": sorted(map(str, obs["patient"].unique())),
+        "sections": {s: {"patient": str(v["patient"]), "has_image": bool(v["has_image"]), "um_per_px": float(v["um_per_px"])}
+                     for s, v in adata.uns["sections"].items()},
+        "labelled_per_patient": {str(p): int(n) for p, n in obs.groupby("patient", observed=True)["label"].count().items()},
+        "label_sources": {str(k): int(v) for k, v in obs["label_source"].value_counts().items()},
+        "classes": [str(c) for c in obs["label"].cat.categories],
+        "genes": dict(adata.uns.get("genes", {})),
+        "source": dict(adata.uns.get("source", {})),
+    }

@@ -1,0 +1,190 @@
+"""scVI and scANVI (scvi-tools) as batch-agnostic gene encoders, with the patient as the batch.
+
+scvi-tools' encoder q(z|x) takes no batch input (``encode_covariates=False``): only the decoder sees the patient.
+So the fitted encoder embeds any spot, of any patient, without knowing its patient; ``transform`` feeds it a
+placeholder batch, which the encoder never reads, and returns the posterior mean. Models are saved in
+scvi-tools' own format (``model/``), so scvi-tools opens them directly.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from stguide.errors import InputError
+from stguide.genes.base import GeneEncoder
+
+BATCH = "_stguide_batch"
+LABELS = "_stguide_labels"
+UNKNOWN = "Unknown"
+
+
+def safe_batch_size(n: int, batch_size: int, validation: float = 0.0) -> int:
+    """The smallest batch size ≥ ``batch_size`` that leaves no minibatch of one spot (BatchNorm cannot train on one)."""
+    sizes = {n} if validation == 0 else {int(np.ceil(n * (1 - validation))), int(np.floor(n * (1 - validation))),
+                                          int(np.ceil(n * validation)), int(np.floor(n * validation))}
+    bs = batch_size
+    while any(s % bs == 1 for s in sizes if s > 0):
+        bs += 1
+    return bs
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence scvi-tools / Lightning chatter at the boundary (warnings about GPUs, workers, logging)."""
+    loggers = [logging.getLogger(n) for n in ("scvi", "lightning", "lightning.pytorch", "pytorch_lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+
+
+class SCVIEncoder(GeneEncoder):
+    """``scvi``: SCVI on raw counts, patient as the batch; the latent is the posterior mean."""
+
+    name = "scvi"
+    model_cls_name = "SCVI"
+
+    def _setup_adata(self, adata: ad.AnnData, batch: pd.Series | str, labels: pd.Series | str | None = None) -> ad.AnnData:
+        a = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32), obs=pd.DataFrame(index=adata.obs_names.astype(str)),
+                       var=pd.DataFrame(index=adata.var_names.astype(str)))
+        a.obs[BATCH] = batch if isinstance(batch, str) else batch.astype(str).to_numpy()
+        if labels is not None:
+            a.obs[LABELS] = labels if isinstance(labels, str) else labels.to_numpy()
+        return a
+
+    def _train_kwargs(self, n: int, epochs: int) -> dict:
+        c = self.config
+        val = 0.1 if c.early_stopping else 0.0
+        kw = dict(max_epochs=epochs, accelerator="cpu", devices=1, batch_size=safe_batch_size(n, c.batch_size, val),
+                  early_stopping=c.early_stopping, train_size=1.0 - val if val else 1.0,
+                  enable_progress_bar=True, enable_model_summary=False, logger=False)
+        if val:
+            kw["validation_size"] = val
+        kw.update(c.trainer_kwargs)
+        return kw
+
+    def _fit(self, adata: ad.AnnData, batch_key: str, labels_key: str | None) -> None:
+        import scvi
+
+        c = self.config
+        scvi.settings.seed = c.seed
+        a = self._setup_adata(adata, adata.obs[batch_key])
+        with quiet():
+            scvi.model.SCVI.setup_anndata(a, batch_key=BATCH)
+            self.model = scvi.model.SCVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers,
+                                         dropout_rate=c.dropout_rate, gene_likelihood=c.gene_likelihood)
+            assert not self.model.module.encode_covariates, "the encoder must not see the batch"
+            self.model.train(**self._train_kwargs(a.n_obs, c.max_epochs))
+        self.batches = list(a.obs[BATCH].astype("category").cat.categories)
+
+    def _query(self, adata: ad.AnnData) -> ad.AnnData:
+        return self._setup_adata(adata[:, self.genes] if list(adata.var_names) != self.genes else adata,
+                                 self.batches[0])
+
+    def transform(self, adata: ad.AnnData) -> np.ndarray:
+        self.counts(adata)  # checks the genes
+        with quiet():
+            q = self._query(adata)
+            z = self.model.get_latent_representation(q, give_mean=True)
+        return np.asarray(z, dtype=np.float32)
+
+    def _save(self, path: Path) -> None:
+        with quiet():
+            self.model.save(str(path / "model"), save_anndata=False, overwrite=True)
+        (path / "batches.txt").write_text("\n".join(self.batches) + "\n")
+
+    def _dummy(self) -> ad.AnnData:
+        n = len(self.batches)
+        x = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), np.arange(n) % len(self.genes))), shape=(n, len(self.genes)))
+        return self._setup_adata(ad.AnnData(X=x,  # one count each: scvi-tools treats an all-zero X as "minified"
+                                            obs=pd.DataFrame(index=[f"d{i}" for i in range(n)]),
+                                            var=pd.DataFrame(index=self.genes)), pd.Series(self.batches))
+
+    def _load(self, path: Path) -> None:
+        import scvi
+
+        self.batches = (path / "batches.txt").read_text().split()
+        with quiet():
+            self.model = getattr(scvi.model, self.model_cls_name).load(str(path / "model"), adata=self._dummy_for_load())
+
+    def _dummy_for_load(self) -> ad.AnnData:
+        return self._dummy()
+
+
+class SCANVIEncoder(SCVIEncoder):
+    """``scanvi``: SCANVI initialised from a fitted SCVI, given only the training patients' labels.
+
+    Spots without a label, and labels in ``unlabelled_classes`` (``undetermined`` by default), are ``Unknown``.
+    The fitted model's registered labels are therefore exactly the training classes.
+    """
+
+    name = "scanvi"
+    model_cls_name = "SCANVI"
+
+    def _fit(self, adata: ad.AnnData, batch_key: str, labels_key: str | None) -> None:
+        import scvi
+
+        labels_key = labels_key or "label"
+        if labels_key not in adata.obs:
+            raise InputError("<training set>", f"obs has no label column {labels_key!r}", "give labels_key")
+        lab = adata.obs[labels_key].astype(object)
+        lab = lab.where(lab.notna() & ~lab.isin(list(self.config.unlabelled_classes)), UNKNOWN).astype(str)
+        classes = sorted(set(lab) - {UNKNOWN})
+        if len(classes) == 0:
+            raise InputError("<training set>", "no training spot has a label, so scANVI has nothing to learn from",
+                             "label some spots of the training patients, or use the 'scvi' encoder")
+        if len(classes) < 2:
+            raise InputError("<training set>", f"the training labels hold a single class ({classes[0]!r})",
+                             "scANVI needs at least two classes: add labels, or use the 'scvi' encoder")
+        super()._fit(adata, batch_key, None)
+        c = self.config
+        a = self.model.adata
+        a.obs[LABELS] = lab.to_numpy()
+        with quiet():
+            self.model = scvi.model.SCANVI.from_scvi_model(self.model, unlabeled_category=UNKNOWN, labels_key=LABELS, adata=a)
+            self.model.train(**self._train_kwargs(a.n_obs, c.scanvi_epochs))
+        self.classes = classes
+
+    def registered_labels(self) -> list[str]:
+        """The label categories the fitted scANVI model knows (the training classes plus ``Unknown``)."""
+        return [str(x) for x in self.model.adata_manager.get_state_registry("labels").categorical_mapping]
+
+    def _query(self, adata: ad.AnnData) -> ad.AnnData:
+        q = super()._query(adata)
+        q.obs[LABELS] = UNKNOWN
+        return q
+
+    def predict(self, adata: ad.AnnData) -> np.ndarray:
+        """scANVI's predicted class of every spot (used by the ``supcon`` loss)."""
+        with quiet():
+            return np.asarray(self.model.predict(self._query(adata)))
+
+    def _save(self, path: Path) -> None:
+        super()._save(path)
+        (path / "classes.txt").write_text("\n".join(self.classes) + "\n")
+
+    def _load(self, path: Path) -> None:
+        self.classes = (path / "classes.txt").read_text().splitlines()
+        super()._load(path)
+
+    def _dummy_for_load(self) -> ad.AnnData:
+        d = self._dummy()
+        labs = (self.classes + [UNKNOWN] * len(self.batches))[: max(len(self.batches), len(self.classes) + 1)]
+        n = len(labs)
+        d = ad.concat([d] * (n // d.n_obs + 1))[:n].copy()
+        d.obs_names = [f"d{i}" for i in range(n)]
+        d.obs[LABELS] = (self.classes + [UNKNOWN])[:n] + [UNKNOWN] * max(0, n - len(self.classes) - 1)
+        return d
