@@ -27,7 +27,7 @@ class DemoSize:
     backbone: str
 
 
-FULL = DemoSize(4, 2, 144, 64, 150, 12, "resnet18")
+FULL = DemoSize(4, 2, 144, 64, 150, 10, "resnet10t")
 QUICK = DemoSize(3, 1, 100, 48, 60, 4, "resnet10t")
 
 METHODS = (

@@ -3,23 +3,25 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from stguide.contrastive.augment import Augment
 from stguide.data.patches import PatchStore
 
 
 class PairDataset(Dataset):
-    """(image tensor, gene latent, label id, row) for each training spot.
+    """(image tensor, gene input, frozen gene latent, label id, index) for each training spot.
 
-    ``rows`` index the patch store; ``latents`` and ``labels`` are aligned with ``rows``. Augmentation draws from
+    ``rows`` index the patch store; ``latents``, ``labels`` and ``gene_inputs`` (counts, when the gene encoder is
+    fine-tuned; otherwise the latent is the gene input) are aligned with ``rows``. Augmentation draws from
     a generator seeded by (seed, epoch, index), so a run is reproducible and a resumed run sees the same draws.
     """
 
     def __init__(self, store: PatchStore, rows: np.ndarray, latents: np.ndarray, labels: np.ndarray, transform,
-                 augment: Augment | None = None, seed: int = 0) -> None:
+                 augment: Augment | None = None, seed: int = 0, gene_inputs: np.ndarray | None = None) -> None:
         self.store, self.rows, self.transform, self.augment, self.seed = store, rows, transform, augment, seed
         self.latents = torch.as_tensor(latents, dtype=torch.float32)
+        self.gene_inputs = self.latents if gene_inputs is None else torch.as_tensor(gene_inputs, dtype=torch.float32)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.epoch = 0
 
@@ -30,7 +32,7 @@ class PairDataset(Dataset):
         img = self.store[int(self.rows[i])]
         if self.augment is not None:
             img = self.augment(img, np.random.default_rng([self.seed, self.epoch, i]))
-        return self.transform(img), self.latents[i], self.labels[i], i
+        return self.transform(img), self.gene_inputs[i], self.latents[i], self.labels[i], i
 
 
 class ImageDataset(Dataset):
@@ -44,3 +46,20 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(self.store[int(self.rows[i])])
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle whose order depends only on (seed, epoch), so a resumed run sees the batches an uninterrupted run
+    would. Lightning calls ``set_epoch`` before every epoch."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n

@@ -47,7 +47,7 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, image_emb: Tensor, gene_emb: Tensor, logit_scale: Tensor, batch_info: dict[str, Any] | None = None) -> dict[str, Tensor]:
         u, v = gather(image_emb), gather(gene_emb)
-        info = {k: gather(t, with_grad=False) for k, t in (batch_info or {}).items() if isinstance(t, Tensor)}
+        info = {k: gather(t.detach(), with_grad=False) for k, t in (batch_info or {}).items() if isinstance(t, Tensor)}
         logits = logit_scale * u @ v.T
         t = self.targets(u, v, logit_scale, info)
         loss = 0.5 * (soft_cross_entropy(logits, t) + soft_cross_entropy(logits.T, t.T))

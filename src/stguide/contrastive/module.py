@@ -16,15 +16,19 @@ from stguide.contrastive.losses import ContrastiveLoss
 class ContrastiveModule(L.LightningModule):
     """Image backbone + head (trained) and gene head (trained) on the precomputed frozen gene latent.
 
-    ``temperature`` is the initial τ (``logit_scale = 1/τ``), learnable when ``learn_temperature``; the scale is
+    ``gene_encoder``: a trainable copy of the stage-1 encoder (fine-tuning, off by default); batches then carry
+    counts as the gene input. ``temperature`` is the initial τ (``logit_scale = 1/τ``), learnable when ``learn_temperature``; the scale is
     clamped at 100 as in CLIP. ``freeze_backbone`` trains the heads only.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, gene_dim: int, loss: ContrastiveLoss, *, embed_dim: int = 128,
+    def __init__(self, backbone: nn.Module, feature_dim: int, gene_dim: int, loss: ContrastiveLoss, *,
+                 gene_encoder: nn.Module | None = None, embed_dim: int = 128,
                  dropout: float = 0.1, temperature: float = 0.07, learn_temperature: bool = True, lr: float = 1e-3,
-                 weight_decay: float = 1e-3, freeze_backbone: bool = False, max_epochs: int = 10) -> None:
+                 weight_decay: float = 1e-3, freeze_backbone: bool = False, max_epochs: int = 10, seed: int = 0) -> None:
         super().__init__()
+        self.seed = seed
         self.backbone = backbone
+        self.gene_encoder = gene_encoder  # None: the gene latent is precomputed and frozen
         self.image_head = ProjectionHead(feature_dim, embed_dim, dropout)
         self.gene_head = ProjectionHead(gene_dim, embed_dim, dropout)
         self.loss = loss
@@ -48,13 +52,16 @@ class ContrastiveModule(L.LightningModule):
         f = self.backbone(x)
         return f, F.normalize(self.image_head(f), dim=1)
 
-    def embed_genes(self, z: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.gene_head(z), dim=1)
+    def embed_genes(self, g: torch.Tensor) -> torch.Tensor:
+        """Normalised gene embedding from the frozen latent, or from counts when the gene encoder is fine-tuned."""
+        if self.gene_encoder is not None:
+            g = self.gene_encoder(g)
+        return F.normalize(self.gene_head(g), dim=1)
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
-        x, z, y, _ = batch
+        x, g, z, y, _ = batch
         _, u = self.embed_images(x)
-        v = self.embed_genes(z)
+        v = self.embed_genes(g)
         losses = self.loss(u, v, self.logit_scale(), {"gene_latent": z, "labels": y})
         total = sum(losses.values())
         self.log(f"{stage}_loss", total, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(x), sync_dist=stage == "val")
@@ -69,6 +76,8 @@ class ContrastiveModule(L.LightningModule):
         return self._step(batch, "val")
 
     def on_train_epoch_start(self) -> None:
+        # dropout and any other torch randomness depend on (seed, epoch) only: a resumed run matches an uninterrupted one
+        torch.manual_seed(self.seed * 100_003 + self.current_epoch)
         dl = self.trainer.train_dataloader
         ds = getattr(dl, "dataset", None)
         if ds is not None and hasattr(ds, "epoch"):

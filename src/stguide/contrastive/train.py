@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from stguide.contrastive.augment import Augment
-from stguide.contrastive.data import ImageDataset, PairDataset
+from stguide.contrastive.data import EpochSampler, ImageDataset, PairDataset
 from stguide.contrastive.encoders import build_image_encoder
 from stguide.contrastive.losses import get_loss
 from stguide.contrastive.module import ContrastiveModule
@@ -31,7 +31,9 @@ class ContrastiveConfig:
     (AdamW, cosine schedule), ``augment`` (flips, 90° rotations, HED jitter, resized crop), ``freeze_backbone``
     (train the heads only), ``val_fraction`` (training spots held back for early stopping; 0 = none),
     ``patience`` (early-stopping epochs), ``num_workers``, ``precision`` (``auto``: bf16-mixed on GPU, 32 on
-    CPU), ``seed``, ``trainer_kwargs`` (passed to ``lightning.Trainer``).
+    CPU), ``seed``, ``finetune_gene_encoder`` (train a copy of the scVI/scANVI encoder on counts instead of
+    freezing it; off by default), ``supcon_labels`` (``label``: the training labels; ``scanvi``: scANVI's
+    predictions), ``trainer_kwargs`` (passed to ``lightning.Trainer``).
     """
 
     backbone: str = "resnet18"
@@ -53,6 +55,8 @@ class ContrastiveConfig:
     num_workers: int = 0
     precision: str = "auto"
     seed: int = 0
+    finetune_gene_encoder: bool = False
+    supcon_labels: str = "label"
     trainer_kwargs: dict = field(default_factory=dict)
 
     @classmethod
@@ -64,7 +68,7 @@ class ContrastiveConfig:
 
 @contextlib.contextmanager
 def _quiet_lightning():
-    names = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.fabric.utilities.seed", "pytorch_lightning")
     loggers = [logging.getLogger(n) for n in names]
     old = [lg.level for lg in loggers]
     for lg in loggers:
@@ -91,13 +95,15 @@ def _feature_dim(backbone: torch.nn.Module, transform, store: PatchStore) -> int
     return int(d)
 
 
-def build_module(cfg: ContrastiveConfig, store: PatchStore, gene_dim: int) -> tuple[ContrastiveModule, Any]:
+def build_module(cfg: ContrastiveConfig, store: PatchStore, gene_dim: int, gene_encoder: torch.nn.Module | None = None
+                 ) -> tuple[ContrastiveModule, Any]:
     """The untrained module and the image transform for ``cfg``."""
     backbone, transform = build_image_encoder(cfg.backbone, cfg.init, num_classes=0, img_size=int(store.meta["out_px"]))
     module = ContrastiveModule(backbone, _feature_dim(backbone, transform, store), gene_dim, get_loss(cfg.loss, **cfg.loss_kwargs),
+                               gene_encoder=gene_encoder,
                                embed_dim=cfg.embed_dim, dropout=cfg.dropout, temperature=cfg.temperature,
                                learn_temperature=cfg.learn_temperature, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               freeze_backbone=cfg.freeze_backbone, max_epochs=cfg.epochs)
+                               freeze_backbone=cfg.freeze_backbone, max_epochs=cfg.epochs, seed=cfg.seed)
     return module, transform
 
 
@@ -109,12 +115,15 @@ def train_contrastive(
     labels: np.ndarray | None,
     out_dir: str | PathLike,
     *,
+    gene_inputs: np.ndarray | None = None,
+    gene_encoder: torch.nn.Module | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> tuple[ContrastiveModule, Any]:
     """Train the image tower against frozen gene latents of the training spots ``obs_names``.
 
-    ``labels`` are integer class ids (−1 unlabelled), used by ``supcon``. Writes ``out_dir/checkpoints/last.ckpt``
+    ``labels`` are integer class ids (−1 unlabelled), used by ``supcon``. With ``cfg.finetune_gene_encoder``,
+    ``gene_encoder`` (a trainable copy of the stage-1 encoder) and its ``gene_inputs`` (counts) are required. Writes ``out_dir/checkpoints/last.ckpt``
     (every epoch), CSV and TensorBoard logs. ``resume`` continues from ``last.ckpt``. Returns (module, transform).
     """
     import lightning as L
@@ -123,7 +132,12 @@ def train_contrastive(
 
     out_dir = Path(out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module, transform = build_module(cfg, store, latents.shape[1])
+    if cfg.finetune_gene_encoder and (gene_encoder is None or gene_inputs is None):
+        from stguide.errors import InputError
+
+        raise InputError("config:contrastive.finetune_gene_encoder", "fine-tuning needs a gene encoder network and counts",
+                         "use the scvi or scanvi gene encoder, or set finetune_gene_encoder: false")
+    module, transform = build_module(cfg, store, latents.shape[1], gene_encoder if cfg.finetune_gene_encoder else None)
     rows = store.indices(obs_names)
     y = np.full(len(rows), -1) if labels is None else np.asarray(labels)
     rng = np.random.default_rng(cfg.seed)
@@ -131,14 +145,16 @@ def train_contrastive(
     perm = rng.permutation(len(rows))
     tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
     aug = Augment() if cfg.augment else None
-    ds_tr = PairDataset(store, rows[tr], latents[tr], y[tr], transform, aug, cfg.seed)
+    gin = gene_inputs if cfg.finetune_gene_encoder else None
+    ds_tr = PairDataset(store, rows[tr], latents[tr], y[tr], transform, aug, cfg.seed, None if gin is None else gin[tr])
     drop_last = len(tr) > cfg.batch_size and len(tr) % cfg.batch_size < 2  # BatchNorm cannot train on one sample
-    g = torch.Generator().manual_seed(cfg.seed)
-    dl_tr = DataLoader(ds_tr, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, num_workers=cfg.num_workers, generator=g)
+    dl_tr = DataLoader(ds_tr, batch_size=cfg.batch_size, sampler=EpochSampler(len(tr), cfg.seed), drop_last=drop_last,
+                       num_workers=cfg.num_workers)
     dl_va = None
     callbacks: list = [ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)]
     if n_val:
-        dl_va = DataLoader(PairDataset(store, rows[va], latents[va], y[va], transform, None, cfg.seed), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        dl_va = DataLoader(PairDataset(store, rows[va], latents[va], y[va], transform, None, cfg.seed, None if gin is None else gin[va]),
+                           batch_size=cfg.batch_size, num_workers=cfg.num_workers)
         callbacks.append(EarlyStopping("val_loss", patience=cfg.patience))
     gpu = torch.cuda.is_available()
     precision = ("bf16-mixed" if gpu else "32-true") if cfg.precision == "auto" else cfg.precision

@@ -10,9 +10,11 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import torch
 
 from stguide.contrastive.encoders import build_image_encoder
-from stguide.contrastive.train import ContrastiveConfig, extract_features, train_contrastive
+from stguide.contrastive.api import OBSM_BACKBONE, OBSM_HEAD, fit_image_encoder
+from stguide.contrastive.train import ContrastiveConfig, extract_features
 from stguide.data.folds import Fold, assert_no_leak, lopo_folds
 from stguide.data.model import labelled_mask
 from stguide.data.patches import PatchStore
@@ -80,28 +82,27 @@ def run_fold(cfg: LopoConfig, adata: ad.AnnData, store: PatchStore, fold: Fold, 
         if m.loss:
             overrides.update(loss=m.loss, loss_kwargs={**ccfg.loss_kwargs, **m.loss_kwargs})
         ccfg = ContrastiveConfig(**{**asdict(ccfg), **overrides})
+        scored = probe_train | test
         if m.gene_encoder is None:
+            torch.manual_seed(ccfg.seed)  # a random init must not depend on what ran before
             backbone, transform = build_image_encoder(ccfg.backbone, ccfg.init, img_size=int(store.meta["out_px"]))
-            model = backbone
+            feats = extract_features(backbone, transform, store, list(names[scored]))
         else:
             if m.gene_encoder not in encoders:
                 enc = get_encoder(m.gene_encoder, cfg.genes)
-                enc.fit(adata[fold.train], batch_key="patient", labels_key="label")
+                enc.fit(adata[fold.train], batch_key="patient", labels_key="label", progress=progress)
                 enc.save(out / "genes" / m.gene_encoder)
                 encoders[m.gene_encoder] = enc
-            enc = encoders[m.gene_encoder]
             masks["gene_selection"] = masks["gene_encoder"] = fold.train
-            ctrain = fold.train & has_patch
-            masks["contrastive"] = ctrain
-            z = enc.transform(adata[ctrain])
-            y = np.array([classes.index(c) if (ok and c in classes) else -1 for c, ok in zip(labels[ctrain], lab[ctrain])])
-            model, transform = train_contrastive(ccfg, store, list(names[ctrain]), z, y, mdir, progress=progress)
+            masks["contrastive"] = fold.train & has_patch
+            _, _, emb = fit_image_encoder(ccfg, adata, store, encoders[m.gene_encoder], mdir, train_mask=fold.train,
+                                          exclude_labels=cfg.exclude_labels, progress=progress)
+            feats = emb.obsm[OBSM_HEAD if cfg.features == "head" else OBSM_BACKBONE][scored]
         masks["probe"] = probe_train
         audit = _audit(adata, fold, masks)
         audit["held_out"] = {"patient": fold.held_out, "n_scored_spots": int(test.sum())}
         write_json_atomic(mdir / "leakage_audit.json", audit)
-        feats = extract_features(model, transform, store, list(names[probe_train | test]), head=cfg.features == "head")
-        idx = {n: i for i, n in enumerate(names[probe_train | test])}
+        idx = {n: i for i, n in enumerate(names[scored])}
         xtr = feats[[idx[n] for n in names[probe_train]]]
         xte = feats[[idx[n] for n in names[test]]]
         ytr, yte = labels[probe_train], labels[test]

@@ -1,6 +1,7 @@
 """Probes on frozen features: class-balanced logistic regression (C by inner leave-patient-out CV) and cosine kNN."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,9 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Prob
             for tr, va in cv.split(x, y, groups):
                 if len(np.unique(y[tr])) < 2:
                     continue
-                s.append(balanced_accuracy_score(y[va], _linear(C, cfg.max_iter).fit(x[tr], y[tr]).predict(x[va])))
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+                    s.append(balanced_accuracy_score(y[va], _linear(C, cfg.max_iter).fit(x[tr], y[tr]).predict(x[va])))
             scores[C] = float(np.mean(s)) if s else float("nan")
         best = max(scores, key=lambda c: (np.nan_to_num(scores[c], nan=-1), -c))
     else:

@@ -86,9 +86,11 @@ class GeneEncoder(ABC):
         self.genes: list[str] = []
         self.fitted_on: dict[str, Any] = {}
 
-    def fit(self, adata: ad.AnnData, batch_key: str = "patient", labels_key: str | None = None) -> "GeneEncoder":
+    def fit(self, adata: ad.AnnData, batch_key: str = "patient", labels_key: str | None = None,
+            progress: bool = True) -> "GeneEncoder":
         """Select genes and fit on ``adata`` (training patients only). Returns self."""
         check_fit_input(adata, batch_key)
+        self.progress = progress
         self.genes = select_genes(adata, self.config.n_top_genes, batch_key)
         self.fitted_on = {"patients": sorted(set(adata.obs[batch_key].astype(str))), "n_spots": int(adata.n_obs),
                           "batch_key": batch_key, "labels_key": labels_key}

@@ -16,6 +16,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
 from stguide.errors import InputError
 from stguide.genes.base import GeneEncoder
@@ -38,7 +39,7 @@ def safe_batch_size(n: int, batch_size: int, validation: float = 0.0) -> int:
 @contextlib.contextmanager
 def quiet():
     """Silence scvi-tools / Lightning chatter at the boundary (warnings about GPUs, workers, logging)."""
-    loggers = [logging.getLogger(n) for n in ("scvi", "lightning", "lightning.pytorch", "pytorch_lightning")]
+    loggers = [logging.getLogger(n) for n in ("scvi", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -70,7 +71,7 @@ class SCVIEncoder(GeneEncoder):
         val = 0.1 if c.early_stopping else 0.0
         kw = dict(max_epochs=epochs, accelerator="cpu", devices=1, batch_size=safe_batch_size(n, c.batch_size, val),
                   early_stopping=c.early_stopping, train_size=1.0 - val if val else 1.0,
-                  enable_progress_bar=True, enable_model_summary=False, logger=False)
+                  enable_progress_bar=getattr(self, "progress", True), enable_model_summary=False, logger=False)
         if val:
             kw["validation_size"] = val
         kw.update(c.trainer_kwargs)
@@ -80,9 +81,9 @@ class SCVIEncoder(GeneEncoder):
         import scvi
 
         c = self.config
-        scvi.settings.seed = c.seed
         a = self._setup_adata(adata, adata.obs[batch_key])
         with quiet():
+            scvi.settings.seed = c.seed
             scvi.model.SCVI.setup_anndata(a, batch_key=BATCH)
             self.model = scvi.model.SCVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers,
                                          dropout_rate=c.dropout_rate, gene_likelihood=c.gene_likelihood)
@@ -122,6 +123,27 @@ class SCVIEncoder(GeneEncoder):
 
     def _dummy_for_load(self) -> ad.AnnData:
         return self._dummy()
+
+
+    def torch_encoder(self) -> torch.nn.Module:
+        """A trainable copy of the encoder q(z|x): raw counts of ``self.genes`` → posterior mean (for fine-tuning)."""
+        import copy
+
+        return ScviEncoderTower(copy.deepcopy(self.model.module.z_encoder), bool(self.model.module.log_variational))
+
+
+class ScviEncoderTower(torch.nn.Module):
+    """Wraps scvi-tools' ``z_encoder``: counts → log1p (as scVI does) → posterior mean."""
+
+    def __init__(self, encoder, log_variational: bool = True) -> None:
+        super().__init__()
+        self.encoder, self.log_variational = encoder, log_variational
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        x = torch.log1p(counts) if self.log_variational else counts
+        out = self.encoder(x)
+        first = out[0]
+        return first.loc if isinstance(first, torch.distributions.Distribution) else first
 
 
 class SCANVIEncoder(SCVIEncoder):

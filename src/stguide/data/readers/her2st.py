@@ -143,6 +143,9 @@ def read_her2st(
         if spots.index.has_duplicates:
             raise InputError(spt[name], f"duplicate spot positions {spots.index[spots.index.duplicated()][:5].tolist()}", "fix the spot file")
         counts.index = counts.index.astype(str)
+        if counts.index.has_duplicates:
+            dup = counts.index[counts.index.duplicated()].unique()[:5].tolist()
+            raise InputError(cnt[name], f"duplicate spot ids {dup}", "keep one row per spot in the count file")
         missing = counts.index.difference(spots.index)
         if len(missing):
             raise InputError(spt[name], f"{len(missing)} count spot(s) have no row in the spot file (e.g. {missing[:5].tolist()})", "use the spot file of the same section")

@@ -1,0 +1,97 @@
+"""Bad input: one clear InputError naming the file, the problem and the fix; the CLI prints it without a traceback."""
+import numpy as np
+import pytest
+
+from her2st_fake import make
+from stguide.cli import main
+from stguide.data import read_anndata, read_her2st
+from stguide.errors import InputError
+
+
+def test_fake_layout_reads(tmp_path):
+    a = read_her2st(make(tmp_path / "h", labels=["invasive cancer"] * 5), progress=False)
+    assert a.n_obs == 5 and a.obs["label"].notna().all()
+    assert a.uns["sections"]["A1"]["um_per_px"] == pytest.approx(2.0)
+
+
+def test_count_file_missing_for_spot_file(tmp_path):
+    root = make(tmp_path / "h")
+    (root / "ST-cnts" / "A1.tsv.gz").unlink()
+    with pytest.raises(InputError) as e:
+        read_her2st(root, progress=False)
+    assert "A1.tsv.gz" in e.value.file and "has no count file" in e.value.problem and e.value.fix
+
+
+def test_spot_file_missing_for_count_file(tmp_path):
+    root = make(tmp_path / "h")
+    (root / "ST-spotfiles" / "A1_selection.tsv").unlink()
+    with pytest.raises(InputError, match="has no spot file"):
+        read_her2st(root, progress=False)
+
+
+def test_missing_image(tmp_path, synthetic):
+    h5 = tmp_path / "x.h5ad"
+    a = synthetic.copy()
+    a.obsm["spatial"] = a.obs[["x_px", "y_px"]].to_numpy()
+    a.uns = {}
+    a.write_h5ad(h5)
+    with pytest.raises(InputError) as e:
+        read_anndata(h5, tmp_path / "nope.tif", 0.5, patient_key="patient", section_key="section")
+    assert "nope.tif" in str(e.value) and "does not exist" in e.value.problem
+
+
+def test_truncated_image(tmp_path):
+    root = make(tmp_path / "h")
+    jpg = root / "ST-imgs" / "A" / "A1" / "HE.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:200])
+    with pytest.raises(InputError, match="cannot be read"):
+        read_her2st(root, progress=False)
+
+
+def test_spots_outside_image(tmp_path):
+    root = make(tmp_path / "h", pixel_offset=250.0)  # spot (3,3) lands at 550 px in a 500 px image
+    with pytest.raises(InputError) as e:
+        read_her2st(root, progress=False)
+    assert "outside the 500×500 px image" in e.value.problem and "A1_3x3" not in e.value.problem
+
+
+def test_duplicate_spot_ids(tmp_path):
+    root = make(tmp_path / "h", spots=[(1, 1), (2, 1), (1, 2), (2, 2), (1, 1)], counts=np.ones((5, 3), int))
+    with pytest.raises(InputError, match="duplicate spot ids"):
+        read_her2st(root, progress=False)
+
+
+def test_unknown_label_class(tmp_path):
+    root = make(tmp_path / "h", labels=["invasive cancer", "tumour-ish", "adipose tissue", "adipose tissue", "undetermined"])
+    with pytest.raises(InputError) as e:
+        read_her2st(root, progress=False)
+    assert "tumour-ish" in e.value.problem and "classes=" in e.value.fix
+
+
+@pytest.mark.parametrize("bad,msg", [(-1, "negative"), (np.nan, "NaN"), (0.5, "not integers")])
+def test_bad_counts(tmp_path, bad, msg):
+    counts = np.ones((5, 3))
+    counts[2, 1] = bad
+    root = make(tmp_path / "h", counts=counts)
+    with pytest.raises(InputError, match=msg) as e:
+        read_her2st(root, progress=False)
+    assert "A1.tsv.gz" in e.value.file
+
+
+def test_h5ad_without_spatial(tmp_path, synthetic):
+    h5 = tmp_path / "x.h5ad"
+    a = synthetic.copy()
+    a.uns = {}
+    a.write_h5ad(h5)
+    with pytest.raises(InputError, match=r"obsm\['spatial'\]"):
+        read_anndata(h5, None, None, patient="P")
+
+
+def test_cli_prints_one_clear_error(tmp_path, capsys):
+    root = make(tmp_path / "h")
+    (root / "ST-cnts" / "A1.tsv.gz").unlink()
+    code = main(["data", "her2st", str(root), "--out", str(tmp_path / "d.h5ad")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and "fix:" in err and "Traceback" not in err
+    assert not (tmp_path / "d.h5ad").exists()

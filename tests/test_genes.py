@@ -1,0 +1,74 @@
+"""Stage-1 gene encoders: fit/transform, save/load, scANVI never sees held-out labels, bad input."""
+import numpy as np
+import pytest
+
+from stguide.errors import InputError
+from stguide.genes import ENCODERS, GeneEncoder, get_encoder
+
+FAST = dict(max_epochs=15, scanvi_epochs=3, n_latent=6, n_top_genes=100)
+
+
+@pytest.fixture(scope="module")
+def split(synthetic):
+    train = synthetic[synthetic.obs["patient"] != "P3"].copy()
+    return train, synthetic
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_fit_transform_save_load(name, split, tmp_path):
+    train, full = split
+    enc = get_encoder(name, **FAST).fit(train, labels_key="label", progress=False)
+    z = enc.transform(full)
+    assert z.shape[0] == full.n_obs and np.isfinite(z).all()
+    assert enc.fitted_on["patients"] == ["P1", "P2"]
+    enc.save(tmp_path / name)
+    z2 = GeneEncoder.load(tmp_path / name).transform(full)
+    np.testing.assert_array_equal(z, z2)
+
+
+def test_scvi_is_seeded(split):
+    train, full = split
+    a = get_encoder("scvi", **FAST).fit(train, progress=False).transform(full)
+    b = get_encoder("scvi", **FAST).fit(train, progress=False).transform(full)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_scanvi_never_receives_held_out_labels(split):
+    train, full = split
+    train = train.copy()
+    # the held-out patient's own labels are not in the training set at all; a class only it had must be unknown
+    enc = get_encoder("scanvi", **FAST).fit(train, labels_key="label", progress=False)
+    registered = set(enc.registered_labels())
+    assert registered == set(train.obs["label"].dropna().astype(str)) | {"Unknown"}
+    held = full[full.obs["patient"] == "P3"]
+    assert set(enc.model.adata.obs_names).isdisjoint(set(held.obs_names))
+
+
+def test_scanvi_needs_labels_and_two_classes(split):
+    train, _ = split
+    t = train.copy()
+    t.obs["label"] = np.nan
+    with pytest.raises(InputError, match="no training spot has a label"):
+        get_encoder("scanvi", **FAST).fit(t, labels_key="label", progress=False)
+    t.obs["label"] = "invasive cancer"
+    with pytest.raises(InputError, match="single class"):
+        get_encoder("scanvi", **FAST).fit(t, labels_key="label", progress=False)
+
+
+def test_batch_with_one_spot(split):
+    train, full = split
+    t = full[(full.obs["patient"] != "P3") | (full.obs_names == full.obs_names[-1])].copy()
+    with pytest.raises(InputError, match="fewer than 2 spots"):
+        get_encoder("logexpr").fit(t)
+
+
+def test_missing_genes_at_transform(split):
+    train, full = split
+    enc = get_encoder("pca", n_top_genes=50).fit(train)
+    with pytest.raises(InputError, match="missing"):
+        enc.transform(full[:, full.var_names[:-60]])
+
+
+def test_unknown_encoder():
+    with pytest.raises(InputError, match="unknown gene encoder"):
+        get_encoder("scvvi")

@@ -1,0 +1,109 @@
+"""Visium outs/ (both tissue-positions formats), generic AnnData, and TIFF reading below full resolution."""
+import gzip
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import tifffile
+from PIL import Image
+
+from stguide.data import read_anndata, read_visium
+from stguide.data.images import open_level
+from stguide.errors import InputError
+
+BARCODES = ["AAAC-1", "AAAG-1", "AAAT-1"]
+
+
+def _outs(root, new_format: bool):
+    outs = root / "outs"
+    mtx = outs / "filtered_feature_bc_matrix"
+    mtx.mkdir(parents=True)
+    m = sp.coo_matrix(np.array([[1, 0], [2, 3], [0, 4]]).T)  # genes × barcodes
+    with gzip.open(mtx / "matrix.mtx.gz", "wt") as f:
+        f.write("%%MatrixMarket matrix coordinate integer general\n%\n")
+        f.write(f"{m.shape[0]} {m.shape[1]} {m.nnz}\n")
+        for r, c, v in zip(m.row, m.col, m.data):
+            f.write(f"{r + 1} {c + 1} {v}\n")
+    with gzip.open(mtx / "barcodes.tsv.gz", "wt") as f:
+        f.write("\n".join(BARCODES) + "\n")
+    with gzip.open(mtx / "features.tsv.gz", "wt") as f:
+        f.write("ENSG1\tGENE1\tGene Expression\nENSG2\tGENE2\tGene Expression\n")
+    spatial = outs / "spatial"
+    spatial.mkdir()
+    rows = [[b, 1, i, i, 100 + 50 * i, 200 + 50 * i] for i, b in enumerate(BARCODES)]
+    df = pd.DataFrame(rows, columns=["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"])
+    if new_format:
+        df.to_csv(spatial / "tissue_positions.csv", index=False)
+    else:
+        df.to_csv(spatial / "tissue_positions_list.csv", index=False, header=False)
+    (spatial / "scalefactors_json.json").write_text(json.dumps({"spot_diameter_fullres": 110.0, "tissue_hires_scalef": 0.5}))
+    Image.fromarray(np.full((300, 300, 3), 210, np.uint8)).save(spatial / "tissue_hires_image.png")
+    Image.fromarray(np.full((600, 600, 3), 200, np.uint8)).save(root / "full.png")
+    return outs
+
+
+@pytest.mark.parametrize("new_format", [True, False])
+def test_visium_both_position_formats(tmp_path, new_format):
+    outs = _outs(tmp_path, new_format)
+    a = read_visium(outs, image=tmp_path / "full.png", patient="P1", section="S1")
+    assert a.n_obs == 3 and list(a.var_names) == ["GENE1", "GENE2"]
+    assert a.uns["sections"]["S1"]["um_per_px"] == pytest.approx(0.5)  # 55 µm / 110 px
+    np.testing.assert_allclose(a.obs["x_px"], [200, 250, 300])  # column → x
+    np.testing.assert_allclose(a.obs["y_px"], [100, 150, 200])
+    # without the full-resolution image: the hires PNG, positions and µm/px scaled
+    h = read_visium(outs, patient="P1", section="S1")
+    assert h.uns["sections"]["S1"]["um_per_px"] == pytest.approx(1.0)
+    np.testing.assert_allclose(h.obs["x_px"], [100, 125, 150])
+
+
+def test_visium_missing_scalefactors(tmp_path):
+    outs = _outs(tmp_path, True)
+    (outs / "spatial" / "scalefactors_json.json").unlink()
+    with pytest.raises(InputError, match="scalefactors_json.json"):
+        read_visium(outs, patient="P1")
+
+
+def test_generic_anndata(tmp_path):
+    img = tmp_path / "he.png"
+    Image.fromarray(np.full((400, 400, 3), 200, np.uint8)).save(img)
+    a = ad.AnnData(X=sp.csr_matrix(np.array([[1.0, 2.0], [0.0, 5.0]])), obs=pd.DataFrame({"cls": ["adipose tissue", None]}, index=["s1", "s2"]),
+                   var=pd.DataFrame(index=["g1", "g2"]))
+    a.obsm["spatial"] = np.array([[100.0, 100.0], [200.0, 300.0]])
+    a.write_h5ad(tmp_path / "x.h5ad")
+    d = read_anndata(tmp_path / "x.h5ad", img, 0.5, patient="P", section="S", label_key="cls")
+    assert d.X.dtype == np.int32 and d.obs["label"].notna().sum() == 1
+    assert d.uns["sections"]["S"]["um_per_px"] == 0.5
+    with pytest.raises(InputError, match="outside the plausible range"):
+        read_anndata(tmp_path / "x.h5ad", img, 25.0, patient="P")
+    with pytest.raises(InputError, match="missing"):
+        read_anndata(tmp_path / "x.h5ad", img, None, patient="P")
+
+
+def _gradient(n):
+    y, x = np.mgrid[0:n, 0:n]
+    return np.stack([(x * 255 // n), (y * 255 // n), np.full_like(x, 128)], -1).astype(np.uint8)
+
+
+def test_tiled_tiff_is_streamed_below_full_resolution(tmp_path):
+    img = _gradient(1024)
+    p = tmp_path / "tiled.tif"
+    tifffile.imwrite(p, img, tile=(128, 128), photometric="rgb")
+    lv = open_level(p, downsample=4.0)
+    assert lv.scale == 4.0 and lv.array.shape == (256, 256, 3)
+    full = open_level(p, downsample=1.0)
+    a, _ = lv.cut(512, 512, 100, 32)
+    b, _ = full.cut(512, 512, 100, 32)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 3
+
+
+def test_pyramid_tiff_uses_a_coarser_level(tmp_path):
+    img = _gradient(1024)
+    p = tmp_path / "pyr.tif"
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(img, tile=(128, 128), photometric="rgb", subifds=1)
+        tw.write(img[::2, ::2], tile=(128, 128), photometric="rgb", subfiletype=1)
+    lv = open_level(p, downsample=2.5)
+    assert lv.scale == 2.0
