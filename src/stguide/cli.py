@@ -64,6 +64,74 @@ def cmd_patches(args: argparse.Namespace) -> None:
     print(f"patch cache: {store.path} ({len(store)} patches, {store.meta['n_padded']} padded at the image border)")
 
 
+def _load_yaml(path: str | None, section: str) -> dict:
+    if not path:
+        return {}
+    import yaml
+
+    from stguide.errors import InputError
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise InputError(path, f"cannot be read as YAML ({e})", "fix the file") from None
+    if not isinstance(doc, dict):
+        raise InputError(path, "the top level is not a mapping", f"write '{section}:' followed by key: value pairs")
+    return dict(doc.get(section, {}))
+
+
+def cmd_genes_fit(args: argparse.Namespace) -> None:
+    from stguide.data import read_dataset
+    from stguide.genes import GeneConfig, get_encoder
+
+    cfg = GeneConfig.from_dict({**_load_yaml(args.config, "genes"), **({"max_epochs": args.epochs} if args.epochs else {})})
+    a = read_dataset(args.data)
+    if args.exclude_patients:
+        a = a[~a.obs["patient"].isin(args.exclude_patients)].copy()
+    enc = get_encoder(args.encoder, cfg).fit(a, batch_key="patient", labels_key="label")
+    enc.save(args.out)
+    print(f"wrote {args.out}: {args.encoder} fitted on patients {enc.fitted_on['patients']} ({enc.fitted_on['n_spots']} spots, {len(enc.genes)} genes)")
+
+
+def cmd_genes_embed(args: argparse.Namespace) -> None:
+    from stguide.data import read_dataset, write_dataset
+    from stguide.genes import GeneEncoder
+
+    a = read_dataset(args.data)
+    enc = GeneEncoder.load(args.genes)
+    a.obsm[f"X_{enc.name}"] = enc.transform(a)
+    write_dataset(a, args.out)
+    print(f"wrote {args.out} with obsm['X_{enc.name}'] ({a.obsm[f'X_{enc.name}'].shape[1]} dimensions)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import json
+
+    from stguide.contrastive import ContrastiveConfig, fit_image_encoder
+    from stguide.data import read_dataset, write_dataset
+    from stguide.data.patches import extract_patches
+    from stguide.genes import GeneEncoder
+
+    over = {k: v for k, v in (("backbone", args.backbone), ("init", args.init), ("loss", args.loss), ("epochs", args.epochs),
+                              ("batch_size", args.batch_size)) if v is not None}
+    if args.loss_kwargs:
+        over["loss_kwargs"] = json.loads(args.loss_kwargs)
+    cfg = ContrastiveConfig.from_dict({**_load_yaml(args.config, "contrastive"), **over})
+    from stguide.contrastive.encoders import check_image_encoder
+    from stguide.contrastive.losses import get_loss
+
+    check_image_encoder(cfg.backbone, cfg.init)  # fail before any slow step
+    get_loss(cfg.loss, **cfg.loss_kwargs)
+    a = read_dataset(args.data)
+    enc = GeneEncoder.load(args.genes)
+    out = Path(args.out)
+    store = extract_patches(a, args.size_um, args.out_px, args.patch_cache or out / "patches")
+    train = ~a.obs["patient"].isin(args.exclude_patients or []).to_numpy()
+    _, _, emb = fit_image_encoder(cfg, a, store, enc, out, train_mask=train, resume=args.resume)
+    write_dataset(emb, out / "embeddings.h5ad")
+    print(f"wrote {out / 'checkpoints' / 'last.ckpt'} and {out / 'embeddings.h5ad'} (obsm X_image_backbone, X_image_head)")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from stguide.report import write_report
 
@@ -105,6 +173,39 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--outside", default="pad", choices=["pad", "raise"])
     c.add_argument("--stain-norm", default=None, choices=["macenko"])
     c.set_defaults(func=cmd_patches)
+
+    g = sub.add_parser("genes", help="stage 1: fit or apply a gene encoder").add_subparsers(dest="genes_command", required=True)
+    gf = g.add_parser("fit", help="fit a gene encoder (patient as the batch) and save it")
+    gf.add_argument("--data", required=True, help="a dataset .h5ad")
+    gf.add_argument("--encoder", default="scvi", help="logexpr, pca, scvi or scanvi (default scvi)")
+    gf.add_argument("--out", required=True, help="the encoder folder to write")
+    gf.add_argument("--exclude-patients", nargs="*", help="patients to leave out of the fit (e.g. a held-out patient)")
+    gf.add_argument("--epochs", type=int, help="scVI epochs (default from the config)")
+    gf.add_argument("--config", help="a YAML file with a 'genes:' section (see docs/configuration.md)")
+    gf.set_defaults(func=cmd_genes_fit)
+    ge = g.add_parser("embed", help="write a fitted encoder's latent into obsm")
+    ge.add_argument("--data", required=True)
+    ge.add_argument("--genes", required=True, help="an encoder folder from `stguide genes fit`")
+    ge.add_argument("--out", required=True, help="the .h5ad to write")
+    ge.set_defaults(func=cmd_genes_embed)
+
+    t = sub.add_parser("train", help="stage 2: train an image encoder against a fitted gene encoder")
+    t.add_argument("--data", required=True, help="a dataset .h5ad")
+    t.add_argument("--genes", required=True, help="an encoder folder from `stguide genes fit`")
+    t.add_argument("--out", required=True, help="output folder (checkpoints, logs, embeddings.h5ad)")
+    t.add_argument("--backbone", help="a timm model name (default resnet18)")
+    t.add_argument("--init", help="none, imagenet, effnet-lite0 or file:PATH")
+    t.add_argument("--loss", help="clip, bleep, gene-soft, inter-soft or supcon")
+    t.add_argument("--loss-kwargs", help='JSON options of the loss, e.g. \'{"alpha": 0.5}\'')
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--size-um", type=float, default=200.0, help="patch field of view in µm (default 200)")
+    t.add_argument("--out-px", type=int, default=224, help="patch size in pixels (default 224)")
+    t.add_argument("--patch-cache", help="patch cache folder (default OUT/patches)")
+    t.add_argument("--exclude-patients", nargs="*", help="patients never trained on")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    t.add_argument("--config", help="a YAML file with a 'contrastive:' section")
+    t.set_defaults(func=cmd_train)
 
     rep = sub.add_parser("report", help="rebuild report.md from a run folder's results.json")
     rep.add_argument("run_dir")

@@ -52,11 +52,14 @@ class EpochSampler(Sampler[int]):
     """A shuffle whose order depends only on (seed, epoch), so a resumed run sees the batches an uninterrupted run
     would. Lightning calls ``set_epoch`` before every epoch."""
 
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int = 0, dataset: "PairDataset | None" = None) -> None:
+        self.n, self.seed, self.epoch, self.dataset = n, seed, 0, dataset
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the shuffle and of the dataset's augmentation draws."""
         self.epoch = epoch
+        if self.dataset is not None:
+            self.dataset.epoch = epoch
 
     def __iter__(self):
         return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())

@@ -57,6 +57,19 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 
+def check_image_encoder(name: str, init: str = "none") -> None:
+    """Validate a backbone name and weight source without building anything (for up-front config checks)."""
+    import timm
+
+    if init not in ("none", "imagenet", "effnet-lite0") and not init.startswith("file:"):
+        raise InputError("config:init", f"unknown initialisation {init!r}", f"use one of {list(INITS)}")
+    if init == "effnet-lite0" and name != EFFNET_LITE0:
+        raise InputError("config:init", f"effnet-lite0 weights fit {EFFNET_LITE0}, not {name!r}", f"set backbone: {EFFNET_LITE0}")
+    if not name.startswith("hf-hub:") and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise InputError("config:backbone", f"unknown backbone {name!r}", f"use a timm model name, e.g. {close or ['resnet18', 'resnet50']}")
+
+
 def build_image_encoder(
     name: str, init: str = "none", num_classes: int = 0, img_size: int | None = None
 ) -> tuple[nn.Module, Callable[[np.ndarray], torch.Tensor]]:
@@ -83,13 +96,7 @@ def build_image_encoder(
     """
     import timm
 
-    if init not in ("none", "imagenet", "effnet-lite0") and not init.startswith("file:"):
-        raise InputError("config:init", f"unknown initialisation {init!r}", f"use one of {list(INITS)}")
-    if init == "effnet-lite0" and name != EFFNET_LITE0:
-        raise InputError("config:init", f"effnet-lite0 weights fit {EFFNET_LITE0}, not {name!r}", f"set backbone: {EFFNET_LITE0}")
-    if not name.startswith("hf-hub:") and not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise InputError("config:backbone", f"unknown backbone {name!r}", f"use a timm model name, e.g. {close or ['resnet18', 'resnet50']}")
+    check_image_encoder(name, init)
     kwargs: dict = {"num_classes": num_classes}
     if img_size is not None and ("vit" in name or "deit" in name or "hf-hub:" in name):
         kwargs["img_size"] = img_size

@@ -75,13 +75,10 @@ class ContrastiveModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         return self._step(batch, "val")
 
-    def on_train_epoch_start(self) -> None:
-        # dropout and any other torch randomness depend on (seed, epoch) only: a resumed run matches an uninterrupted one
-        torch.manual_seed(self.seed * 100_003 + self.current_epoch)
-        dl = self.trainer.train_dataloader
-        ds = getattr(dl, "dataset", None)
-        if ds is not None and hasattr(ds, "epoch"):
-            ds.epoch = self.current_epoch
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # dropout and any other torch randomness depend on (seed, epoch, batch) only, so a resumed run draws
+        # exactly what an uninterrupted one would
+        torch.manual_seed(hash((self.seed, self.current_epoch, batch_idx)) % 2**62)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -148,8 +148,8 @@ def train_contrastive(
     gin = gene_inputs if cfg.finetune_gene_encoder else None
     ds_tr = PairDataset(store, rows[tr], latents[tr], y[tr], transform, aug, cfg.seed, None if gin is None else gin[tr])
     drop_last = len(tr) > cfg.batch_size and len(tr) % cfg.batch_size < 2  # BatchNorm cannot train on one sample
-    dl_tr = DataLoader(ds_tr, batch_size=cfg.batch_size, sampler=EpochSampler(len(tr), cfg.seed), drop_last=drop_last,
-                       num_workers=cfg.num_workers)
+    dl_tr = DataLoader(ds_tr, batch_size=cfg.batch_size, sampler=EpochSampler(len(tr), cfg.seed, ds_tr), drop_last=drop_last,
+                       num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     dl_va = None
     callbacks: list = [ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)]
     if n_val:

@@ -138,6 +138,7 @@ class ScviEncoderTower(torch.nn.Module):
     def __init__(self, encoder, log_variational: bool = True) -> None:
         super().__init__()
         self.encoder, self.log_variational = encoder, log_variational
+        self.encoder.train()  # the fitted scVI model is left in eval mode; fine-tuning trains it
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
         x = torch.log1p(counts) if self.log_variational else counts

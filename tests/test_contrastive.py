@@ -1,0 +1,159 @@
+"""Stage 2: image encoders and weight sources, exact resume, DDP gathering, the obsm API, and bad input."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stguide.contrastive import ContrastiveConfig, build_image_encoder, fit_image_encoder, train_contrastive
+from stguide.contrastive.heads import ProjectionHead
+from stguide.data.patches import extract_patches
+from stguide.errors import InputError
+from stguide.genes import get_encoder
+
+TINY = dict(backbone="resnet10t", epochs=2, batch_size=16, embed_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny(synthetic, tmp_path_factory):
+    store = extract_patches(synthetic, 100, 32, tmp_path_factory.mktemp("p"), progress=False)
+    train = synthetic[synthetic.obs["patient"] != "P3"].copy()
+    return synthetic, train, store
+
+
+def test_effnet_lite0_imagenet_weights_see_a_cat():
+    from PIL import Image
+    from skimage import data
+
+    model, transform = build_image_encoder("tf_efficientnet_lite0", "effnet-lite0", num_classes=1000)
+    model.eval()
+    with torch.no_grad():
+        logits = model(transform(Image.fromarray(data.chelsea()).resize((224, 224)))[None])
+    assert int(logits.argmax()) in range(281, 286)  # ImageNet's cat classes (tabby … Egyptian cat)
+    x = transform(np.zeros((8, 8, 3), np.uint8))
+    assert torch.allclose(x, torch.full_like(x, -1.0))  # inputs scaled to [-1, 1]
+
+
+def test_unknown_backbone():
+    with pytest.raises(InputError, match="unknown backbone"):
+        build_image_encoder("resnet19")
+
+
+def test_weights_file_must_fit_the_backbone(tmp_path):
+    m18, _ = build_image_encoder("resnet18")
+    torch.save(m18.state_dict(), tmp_path / "r18.pt")
+    m, _ = build_image_encoder("resnet18", f"file:{tmp_path / 'r18.pt'}")
+    assert torch.equal(m.state_dict()["conv1.weight"], m18.state_dict()["conv1.weight"])
+    with pytest.raises(InputError, match="do not fit"):
+        build_image_encoder("resnet50", f"file:{tmp_path / 'r18.pt'}")
+
+
+def test_pickled_objects_are_never_loaded(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
+    with pytest.raises(InputError, match="cannot be loaded as plain weights"):
+        build_image_encoder("resnet18", f"file:{tmp_path / 'evil.pt'}")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_embedding_size_mismatch():
+    head = ProjectionHead(10, 16)
+    with pytest.raises(InputError, match="expects inputs of size 10, got 12"):
+        head(torch.zeros(2, 12))
+
+
+def _weights(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_resume_reaches_the_same_weights(tiny, tmp_path):
+    _, train, store = tiny
+    z = np.random.default_rng(0).normal(size=(train.n_obs, 6)).astype(np.float32)
+    names = list(train.obs_names)
+    full, _ = train_contrastive(ContrastiveConfig(**TINY), store, names, z, None, tmp_path / "a", progress=False)
+    cut = ContrastiveConfig(**TINY, trainer_kwargs={"max_epochs": 1})
+    train_contrastive(cut, store, names, z, None, tmp_path / "b", progress=False)  # "interrupted" after epoch 1
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+    resumed, _ = train_contrastive(ContrastiveConfig(**TINY), store, names, z, None, tmp_path / "b", resume=True, progress=False)
+    wa, wb = _weights(full), _weights(resumed)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], msg=k)
+    again, _ = train_contrastive(ContrastiveConfig(**TINY), store, names, z, None, tmp_path / "c", progress=False)
+    for k, v in _weights(again).items():
+        torch.testing.assert_close(v, wa[k])  # same seed, same weights
+
+
+def test_frozen_backbone_trains_heads_only(tiny, tmp_path):
+    _, train, store = tiny
+    z = np.random.default_rng(0).normal(size=(train.n_obs, 6)).astype(np.float32)
+    cfg = ContrastiveConfig(**{**TINY, "epochs": 1}, freeze_backbone=True)
+    m, _ = train_contrastive(cfg, store, list(train.obs_names), z, None, tmp_path, progress=False)
+    torch.manual_seed(cfg.seed)
+    assert all(not p.requires_grad for p in m.backbone.parameters())
+    assert all(p.requires_grad for p in m.image_head.parameters())
+
+
+@pytest.mark.parametrize("loss", ["bleep", "gene-soft", "inter-soft", "supcon"])
+def test_fit_image_encoder_writes_obsm(tiny, tmp_path, loss):
+    full, train, store = tiny
+    enc = get_encoder("pca", n_pcs=8).fit(train)
+    cfg = ContrastiveConfig(**{**TINY, "epochs": 1}, loss=loss)
+    _, _, out = fit_image_encoder(cfg, full, store, enc, tmp_path, train_mask=(full.obs["patient"] != "P3").to_numpy(), progress=False)
+    assert out.obsm["X_image_backbone"].shape[0] == full.n_obs and np.isfinite(out.obsm["X_image_backbone"]).all()
+    assert out.obsm["X_image_head"].shape == (full.n_obs, 16)
+    np.testing.assert_allclose(np.linalg.norm(out.obsm["X_image_head"], axis=1), 1, atol=1e-4)
+    assert (tmp_path / "logs" / "metrics.csv").is_file()
+
+
+def test_finetune_scvi_encoder(tiny, tmp_path):
+    full, train, store = tiny
+    enc = get_encoder("scvi", max_epochs=5, n_latent=6, n_top_genes=100).fit(train, progress=False)
+    before = {k: v.clone() for k, v in enc.model.module.z_encoder.state_dict().items()}
+    cfg = ContrastiveConfig(**{**TINY, "epochs": 1}, finetune_gene_encoder=True)
+    m, _, _ = fit_image_encoder(cfg, train, store, enc, tmp_path, progress=False)
+    tuned = m.gene_encoder.encoder.state_dict()
+    assert any(not torch.equal(tuned[k], before[k]) for k in before if tuned[k].is_floating_point())
+    for k, v in enc.model.module.z_encoder.state_dict().items():  # the stage-1 model itself is untouched
+        assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("loss", ["clip", "gene-soft", "inter-soft"])
+def test_two_process_gloo_matches_single_process(tmp_path, loss):
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ddp_worker
+
+    single = ddp_worker.step(ddp_worker.towers(), *ddp_worker.batch(), loss)
+    out = tmp_path / "ddp.pt"
+    init = tmp_path / "init"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).parent / "ddp_worker.py"), str(r), "2", str(init), str(out), loss], env=env)
+             for r in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    ddp = torch.load(out, weights_only=True)
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=1e-4)
+
+
+def test_cli_genes_fit_and_train(tiny, tmp_path, capsys):
+    from stguide.cli import main
+    from stguide.data import read_dataset, write_dataset
+
+    full, _, _ = tiny
+    write_dataset(full, tmp_path / "d.h5ad")
+    assert main(["genes", "fit", "--data", str(tmp_path / "d.h5ad"), "--encoder", "pca", "--exclude-patients", "P3",
+                 "--out", str(tmp_path / "genes")]) == 0
+    assert main(["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "genes"), "--backbone", "resnet10t",
+                 "--loss", "inter-soft", "--loss-kwargs", '{"alpha": 0.3}', "--epochs", "1", "--batch-size", "16",
+                 "--size-um", "100", "--out-px", "32", "--exclude-patients", "P3", "--out", str(tmp_path / "run")]) == 0
+    emb = read_dataset(tmp_path / "run" / "embeddings.h5ad")
+    assert emb.obsm["X_image_head"].shape == (full.n_obs, 128)
+    assert main(["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "genes"), "--loss", "infonce",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown loss" in capsys.readouterr().err and not (tmp_path / "bad").exists()
