@@ -1,5 +1,8 @@
-"""One rank of a 2-process CPU (gloo) run: the local half of a global batch through DDP-wrapped towers, one SGD
-step with a stguide loss; writes the updated parameters. Run with RANK, WORLD, INIT_FILE, OUT, LOSS args."""
+"""One rank of a 2-process CPU (gloo) DistributedDataParallel run: the rank's half of a global batch through
+DDP-wrapped towers, one SGD step with a stguide loss; rank 0 writes the updated parameters.
+
+Usage: python ddp_worker.py RANK WORLD INIT_FILE OUT LOSS
+"""
 import os
 import sys
 
@@ -7,9 +10,19 @@ import torch
 import torch.nn.functional as F
 
 
-def towers(seed: int = 0):
+class Towers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.img = torch.nn.Linear(6, 4)
+        self.gene = torch.nn.Linear(5, 4)
+
+    def forward(self, x, z):
+        return F.normalize(self.img(x), dim=1), F.normalize(self.gene(z), dim=1)
+
+
+def towers(seed: int = 0) -> Towers:
     torch.manual_seed(seed)
-    return torch.nn.ModuleDict({"img": torch.nn.Linear(6, 4), "gene": torch.nn.Linear(5, 4)})
+    return Towers()
 
 
 def batch():
@@ -18,26 +31,25 @@ def batch():
 
 
 def step(model, x, z, lat, loss_name):
+    """One SGD step; returns the parameters after it."""
     from stguide.contrastive.losses import get_loss
 
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    m = model.module if hasattr(model, "module") else model
-    u = F.normalize(m["img"](x), dim=1)
-    v = F.normalize(m["gene"](z), dim=1)
+    u, v = model(x, z)
     loss = get_loss(loss_name)(u, v, torch.tensor(5.0), {"gene_latent": lat})["contrastive_loss"]
     opt.zero_grad()
     loss.backward()
     opt.step()
+    m = model.module if hasattr(model, "module") else model
     return {k: p.detach().clone() for k, p in m.state_dict().items()}
 
 
 def main(rank: int, world: int, init_file: str, out: str, loss_name: str) -> None:
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    model = towers()
-    for p in model.parameters():  # average gradients across ranks, as DDP does
-        p.register_hook(lambda g: _allreduce_mean(g, world))
+    model = DistributedDataParallel(towers())
     x, z, lat = batch()
     n = len(x) // world
     sl = slice(rank * n, (rank + 1) * n)
@@ -49,14 +61,6 @@ def main(rank: int, world: int, init_file: str, out: str, loss_name: str) -> Non
     dist.destroy_process_group()
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown, where gloo threads can abort the process
-
-
-def _allreduce_mean(g, world):
-    import torch.distributed as dist
-
-    g = g.clone()
-    dist.all_reduce(g)
-    return g / world
 
 
 if __name__ == "__main__":

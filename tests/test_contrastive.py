@@ -157,3 +157,40 @@ def test_cli_genes_fit_and_train(tiny, tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "genes"), "--loss", "infonce",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "unknown loss" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_augment_is_seeded_and_keeps_shape():
+    from stguide.contrastive.augment import Augment
+
+    img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    aug = Augment()
+    a = aug(img, np.random.default_rng(1))
+    b = aug(img, np.random.default_rng(1))
+    c = aug(img, np.random.default_rng(2))
+    assert a.shape == img.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_early_stopping_on_training_patients_validation_split(tiny, tmp_path):
+    import pandas as pd
+
+    _, train, store = tiny
+    z = np.random.default_rng(0).normal(size=(train.n_obs, 6)).astype(np.float32)
+    cfg = ContrastiveConfig(**{**TINY, "epochs": 3}, val_fraction=0.25, patience=1)
+    train_contrastive(cfg, store, list(train.obs_names), z, None, tmp_path, progress=False)
+    log = pd.read_csv(tmp_path / "logs" / "metrics.csv")
+    assert log["val_loss"].notna().any() and log["train_loss"].notna().any()
+    assert any((tmp_path / "tb").rglob("events.out.tfevents*"))
+
+
+def test_vit_takes_the_patch_size():
+    model, transform = build_image_encoder("vit_tiny_patch16_224", img_size=32)
+    with torch.no_grad():
+        out = model(transform(np.zeros((32, 32, 3), np.uint8))[None])
+    assert out.shape == (1, 192)
+
+
+def test_unreachable_hub_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="pretrained weights could not be obtained"):
+        build_image_encoder("resnet18", "imagenet")
