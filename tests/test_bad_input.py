@@ -95,3 +95,62 @@ def test_cli_prints_one_clear_error(tmp_path, capsys):
     assert code == 2
     assert err.startswith("error: ") and "fix:" in err and "Traceback" not in err
     assert not (tmp_path / "d.h5ad").exists()
+
+
+def test_label_rows_matching_no_spot(tmp_path):
+    root = make(tmp_path / "h", labels=["invasive cancer"] * 5)
+    lbl = root / "ST-pat" / "lbl" / "A1_labeled_coordinates.tsv"
+    lbl.write_text(lbl.read_text() + "r9\t9.0\t9.0\t0\t0\tadipose tissue\n")
+    with pytest.warns(UserWarning, match="1 label row.*match no count spot"):
+        a = read_her2st(root, progress=False)
+    assert a.uns["label_join"]["A1"]["unmatched"] == ["9x9 (adipose tissue)"]
+    with pytest.raises(InputError) as e:
+        read_her2st(root, unmatched_labels="error", progress=False)
+    assert "A1_labeled_coordinates.tsv" in e.value.file and "match no count spot" in e.value.problem
+
+
+def test_empty_section(tmp_path):
+    from stguide.data.model import SectionInfo, make_section
+
+    with pytest.raises(InputError, match="0 spots"):
+        make_section(np.zeros((0, 2)), ["a", "b"], [], info=SectionInfo("S", "P", None, None, 100.0),
+                     x_px=[], y_px=[], file=tmp_path / "s.tsv")
+
+
+def test_genes_do_not_overlap(tmp_path):
+    from stguide.data.model import SectionInfo, combine_sections, make_section
+
+    parts = [make_section(np.ones((2, 2)), genes, ["s1", "s2"], info=SectionInfo(n, "P", None, None, 100.0),
+                          x_px=[0, 1], y_px=[0, 1], file=tmp_path / n) for n, genes in (("S1", ["A", "B"]), ("S2", ["ENSG1", "ENSG2"]))]
+    with pytest.raises(InputError) as e:
+        combine_sections(parts, source=tmp_path)
+    assert "empty intersection" in e.value.problem and "Ensembl" in e.value.fix
+
+
+def test_probe_with_a_single_training_class():
+    from stguide.evaluate.probes import fit_linear_probe
+
+    with pytest.raises(InputError, match="single class"):
+        fit_linear_probe(np.zeros((4, 2)), np.array(["a"] * 4), np.array([1, 1, 2, 2]))
+
+
+def test_config_unknown_key_and_wrong_type():
+    from stguide.contrastive import ContrastiveConfig
+    from stguide.genes import GeneConfig
+
+    with pytest.raises(InputError) as e:
+        GeneConfig.from_dict({"n_latnet": 10})
+    assert e.value.file == "config:genes.n_latnet" and "n_latent" in e.value.fix
+    with pytest.raises(InputError) as e:
+        ContrastiveConfig.from_dict({"epochs": "ten"})
+    assert e.value.file == "config:contrastive.epochs" and "integer" in e.value.problem
+    with pytest.raises(InputError, match="true/false"):
+        ContrastiveConfig.from_dict({"augment": "yes"})
+
+
+def test_cli_config_file_is_validated_before_any_work(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("genes:\n  max_epoch: 3\n")
+    assert main(["genes", "fit", "--data", str(tmp_path / "missing.h5ad"), "--config", str(cfg), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "config:genes.max_epoch" in err and "unknown key" in err and not (tmp_path / "g").exists()

@@ -151,7 +151,10 @@ def train_contrastive(
     dl_tr = DataLoader(ds_tr, batch_size=cfg.batch_size, sampler=EpochSampler(len(tr), cfg.seed, ds_tr), drop_last=drop_last,
                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     dl_va = None
-    callbacks: list = [ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)]
+    # every epoch: the newest epoch's checkpoint replaces the previous one, and last.ckpt is refreshed
+    # (save_top_k=0 would write last.ckpt only when training ends)
+    callbacks: list = [ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                       save_last=True, save_top_k=1, every_n_epochs=1)]
     if n_val:
         dl_va = DataLoader(PairDataset(store, rows[va], latents[va], y[va], transform, None, cfg.seed, None if gin is None else gin[va]),
                            batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -166,7 +169,7 @@ def train_contrastive(
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     with _quiet_lightning():
         trainer = L.Trainer(**kw)
-        trainer.fit(module, dl_tr, dl_va, ckpt_path=str(ckpt) if resume and ckpt.is_file() else None, weights_only=False)
+        trainer.fit(module, dl_tr, dl_va, ckpt_path=str(ckpt) if resume and ckpt.is_file() else None, weights_only=True)
     module.eval()
     return module, transform
 

@@ -84,12 +84,20 @@ class SCVIEncoder(GeneEncoder):
         a = self._setup_adata(adata, adata.obs[batch_key])
         with quiet():
             scvi.settings.seed = c.seed
-            scvi.model.SCVI.setup_anndata(a, batch_key=BATCH)
-            self.model = scvi.model.SCVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers,
-                                         dropout_rate=c.dropout_rate, gene_likelihood=c.gene_likelihood)
-            assert not self.model.module.encode_covariates, "the encoder must not see the batch"
+            self.model = self._build(a)
             self.model.train(**self._train_kwargs(a.n_obs, c.max_epochs))
         self.batches = list(a.obs[BATCH].astype("category").cat.categories)
+
+    def _build(self, a: ad.AnnData):
+        """An untrained SCVI on the registered AnnData ``a`` with this encoder's settings."""
+        import scvi
+
+        c = self.config
+        scvi.model.SCVI.setup_anndata(a, batch_key=BATCH)
+        model = scvi.model.SCVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers,
+                                dropout_rate=c.dropout_rate, gene_likelihood=c.gene_likelihood)
+        assert not model.module.encode_covariates, "the encoder must not see the batch"
+        return model
 
     def _query(self, adata: ad.AnnData) -> ad.AnnData:
         return self._setup_adata(adata[:, self.genes] if list(adata.var_names) != self.genes else adata,
@@ -103,27 +111,35 @@ class SCVIEncoder(GeneEncoder):
         return np.asarray(z, dtype=np.float32)
 
     def _save(self, path: Path) -> None:
-        with quiet():
+        from safetensors.torch import save_file
+
+        with quiet():  # scvi-tools' own format, for users who open the model with scvi-tools
             self.model.save(str(path / "model"), save_anndata=False, overwrite=True)
+        # stguide reloads from plain tensors and never unpickles (scvi-tools' model.pt is a pickle)
+        save_file({k: v.contiguous() for k, v in self.model.module.state_dict().items()}, str(path / "module.safetensors"))
         (path / "batches.txt").write_text("\n".join(self.batches) + "\n")
 
-    def _dummy(self) -> ad.AnnData:
-        n = len(self.batches)
+    def _dummy(self, labels: list[str] | None = None) -> ad.AnnData:
+        """A tiny AnnData that registers every training batch (and label), to rebuild the model for loading."""
+        n = max(len(self.batches), len(labels or []))
         x = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), np.arange(n) % len(self.genes))), shape=(n, len(self.genes)))
-        return self._setup_adata(ad.AnnData(X=x,  # one count each: scvi-tools treats an all-zero X as "minified"
-                                            obs=pd.DataFrame(index=[f"d{i}" for i in range(n)]),
-                                            var=pd.DataFrame(index=self.genes)), pd.Series(self.batches))
+        a = ad.AnnData(X=x,  # one count each: scvi-tools treats an all-zero X as "minified"
+                       obs=pd.DataFrame(index=[f"d{i}" for i in range(n)]), var=pd.DataFrame(index=self.genes))
+        batches = pd.Series([self.batches[i % len(self.batches)] for i in range(n)])
+        return self._setup_adata(a, batches, None if labels is None else pd.Series([labels[i % len(labels)] for i in range(n)]))
 
     def _load(self, path: Path) -> None:
-        import scvi
+        from safetensors.torch import load_file
 
-        self.batches = (path / "batches.txt").read_text().split()
+        self.batches = (path / "batches.txt").read_text().splitlines()
         with quiet():
-            self.model = getattr(scvi.model, self.model_cls_name).load(str(path / "model"), adata=self._dummy_for_load())
+            self.model = self._build(self._dummy_for_load())
+            self.model.module.load_state_dict(load_file(str(path / "module.safetensors")))
+            self.model.module.eval()
+            self.model.is_trained_ = True
 
     def _dummy_for_load(self) -> ad.AnnData:
         return self._dummy()
-
 
     def torch_encoder(self) -> torch.nn.Module:
         """A trainable copy of the encoder q(z|x): raw counts of ``self.genes`` → posterior mean (for fine-tuning)."""
@@ -181,6 +197,17 @@ class SCANVIEncoder(SCVIEncoder):
             self.model.train(**self._train_kwargs(a.n_obs, c.scanvi_epochs))
         self.classes = classes
 
+    def _build(self, a: ad.AnnData):
+        """An untrained SCANVI on ``a`` (which carries labels) with this encoder's settings."""
+        import scvi
+
+        c = self.config
+        if LABELS not in a.obs:
+            return super()._build(a)  # the first stage of fit is a plain SCVI
+        scvi.model.SCANVI.setup_anndata(a, labels_key=LABELS, unlabeled_category=UNKNOWN, batch_key=BATCH)
+        return scvi.model.SCANVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers,
+                                 dropout_rate=c.dropout_rate, gene_likelihood=c.gene_likelihood)
+
     def registered_labels(self) -> list[str]:
         """The label categories the fitted scANVI model knows (the training classes plus ``Unknown``)."""
         return [str(x) for x in self.model.adata_manager.get_state_registry("labels").categorical_mapping]
@@ -204,10 +231,4 @@ class SCANVIEncoder(SCVIEncoder):
         super()._load(path)
 
     def _dummy_for_load(self) -> ad.AnnData:
-        d = self._dummy()
-        labs = (self.classes + [UNKNOWN] * len(self.batches))[: max(len(self.batches), len(self.classes) + 1)]
-        n = len(labs)
-        d = ad.concat([d] * (n // d.n_obs + 1))[:n].copy()
-        d.obs_names = [f"d{i}" for i in range(n)]
-        d.obs[LABELS] = (self.classes + [UNKNOWN])[:n] + [UNKNOWN] * max(0, n - len(self.classes) - 1)
-        return d
+        return self._dummy(self.classes + [UNKNOWN])

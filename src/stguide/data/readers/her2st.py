@@ -53,7 +53,7 @@ def measure_um_per_px(spots: pd.DataFrame, file: Path, pitch_um: float = GRID_PI
     return check_um_per_px(pitch_um / float(np.mean(slopes)), file, "µm per pixel measured from the spot grid")
 
 
-def _labels(path: Path, spots: pd.Index, classes: Sequence[str] | None) -> tuple[pd.Series, dict]:
+def _labels(path: Path, spots: pd.Index, classes: Sequence[str] | None, policy: str = "warn") -> tuple[pd.Series, dict]:
     """Labels joined to spot ids by rounding the label file's array x, y (never its pixel columns)."""
     lab = _read_tsv(path)
     for col in ("x", "y", "label"):
@@ -77,6 +77,9 @@ def _labels(path: Path, spots: pd.Index, classes: Sequence[str] | None) -> tuple
         "unmatched": [f"{k} ({l})" for k, l in zip(unmatched["spot"], unmatched["label"])],
         "no_coordinates": [str(v) for v in lab.loc[no_xy, lab.columns[0]]],
     }
+    if report["unmatched"] and policy == "error":
+        raise InputError(path, f"{len(report['unmatched'])} label row(s) match no count spot: {report['unmatched'][:5]}",
+                         "check that the label file belongs to this section, or pass unmatched_labels='warn' to skip them with a warning")
     if report["unmatched"]:
         warn_data(path, f"{len(report['unmatched'])} label row(s) match no count spot and are not used: {report['unmatched']}")
     if report["no_coordinates"]:
@@ -89,6 +92,7 @@ def read_her2st(
     sections: Sequence[str] | None = None,
     gene_rule: str = "intersection",
     classes: Sequence[str] | None = HER2ST_CLASSES,
+    unmatched_labels: str = "warn",
     progress: bool = True,
 ) -> ad.AnnData:
     """Read the native HER2ST layout into the stguide data model.
@@ -103,6 +107,9 @@ def read_her2st(
         How sections with different gene sets combine: ``intersection`` (default) or ``union``.
     classes
         The label vocabulary; a label outside it is an error.
+    unmatched_labels
+        ``warn`` (default: the release itself has a few such rows) or ``error``, for label rows whose rounded
+        array position matches no count spot.
 
     Returns
     -------
@@ -116,6 +123,8 @@ def read_her2st(
         counts, unknown label classes, spots outside their image.
     """
     root = Path(root)
+    if unmatched_labels not in ("warn", "error"):
+        raise InputError("config:unmatched_labels", f"unknown policy {unmatched_labels!r}", "use 'warn' or 'error'")
     cnt_dir, spot_dir = root / "ST-cnts", root / "ST-spotfiles"
     for d in (cnt_dir, spot_dir):
         if not d.is_dir():
@@ -158,7 +167,7 @@ def read_her2st(
         lbl_file = root / "ST-pat" / "lbl" / f"{name}_labeled_coordinates.tsv"
         labels = None
         if lbl_file.is_file():
-            labels, joins[name] = _labels(lbl_file, counts.index, classes)
+            labels, joins[name] = _labels(lbl_file, counts.index, classes, unmatched_labels)
         a = make_section(
             sp.csr_matrix(counts.to_numpy()),
             counts.columns,
