@@ -132,6 +132,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'checkpoints' / 'last.ckpt'} and {out / 'embeddings.h5ad'} (obsm X_image_backbone, X_image_head)")
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    from stguide.download import download
+
+    files = download(args.source, args.out, ids=args.ids, base_url=args.base_url, manifest=args.manifest)
+    print(f"downloaded and verified {len(files)} file(s) into {args.out}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from stguide.report import write_report
 
@@ -206,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     t.add_argument("--config", help="a YAML file with a 'contrastive:' section")
     t.set_defaults(func=cmd_train)
+
+    dl = sub.add_parser("download", help="fetch a public release (resumable, sha256-verified, safe extraction)")
+    dl.add_argument("source", choices=["her2st", "hest"])
+    dl.add_argument("--out", required=True, help="the folder to fill (the reader's root)")
+    dl.add_argument("--ids", nargs="*", help="HEST-1k ids, e.g. SPA145 SPA141")
+    dl.add_argument("--base-url", help="a mirror of the release (default: its public host)")
+    dl.add_argument("--manifest", help="a sha256sum file or URL (default: BASE_URL/SHA256SUMS)")
+    dl.set_defaults(func=cmd_download)
 
     rep = sub.add_parser("report", help="rebuild report.md from a run folder's results.json")
     rep.add_argument("run_dir")
