@@ -72,3 +72,38 @@ def test_missing_genes_at_transform(split):
 def test_unknown_encoder():
     with pytest.raises(InputError, match="unknown gene encoder"):
         get_encoder("scvvi")
+
+
+def test_harmony_corrects_fitted_spots_and_projects_new_ones(split):
+    train, full = split
+    enc = get_encoder("harmony", n_pcs=10, n_top_genes=100).fit(train)
+    pca = get_encoder("pca", n_pcs=10, n_top_genes=100).fit(train)
+    held = full[full.obs["patient"] == "P3"]
+    np.testing.assert_allclose(enc.transform(held), pca.transform(held), atol=1e-5)  # no correction for an unseen patient
+    np.testing.assert_array_equal(enc.transform(train[::-1]), enc.corrected_[::-1])  # fitted spots: Harmony's output, by id
+
+
+def test_audit_table_and_figure(split, tmp_path):
+    from stguide.genes.audit import BATCH_METRICS, audit, umap_figure, write_audit
+
+    _, full = split
+    reps = {n: get_encoder(n, n_pcs=10, n_top_genes=100).fit(full).transform(full) for n in ("logexpr", "pca")}
+    table = audit(reps, full.obs["patient"].to_numpy(), full.obs["label"].to_numpy(), x_pre=reps["pca"])
+    assert list(table.index) == ["logexpr", "pca"] and set(BATCH_METRICS) <= set(table.columns)
+    assert ((table >= 0) & (table <= 1)).all().all()
+    write_audit(table, tmp_path, "test")
+    assert (tmp_path / "audit.md").read_text().startswith("Produced by: `test`")
+    umap_figure(reps, full.obs["patient"].to_numpy(), full.obs["label"].to_numpy(), tmp_path / "umap.png")
+    assert (tmp_path / "umap.png").stat().st_size > 10_000
+
+
+def test_gene_side_lopo(split, tmp_path):
+    from stguide.evaluate.genes_lopo import run_gene_lopo
+
+    _, full = split
+    res = run_gene_lopo(full, ["logexpr", "pca"], tmp_path, progress=False)
+    assert sorted(res["methods"]) == ["logexpr", "pca"]
+    for m in res["methods"].values():
+        assert sorted(m["folds"]) == ["P1", "P2", "P3"] and 0 <= m["mean"]["bacc"] <= 1
+    audit = (tmp_path / "folds" / "P2" / "pca" / "leakage_audit.json").read_text()
+    assert '"P2"' not in audit

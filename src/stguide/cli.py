@@ -104,6 +104,40 @@ def cmd_genes_embed(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} with obsm['X_{enc.name}'] ({a.obsm[f'X_{enc.name}'].shape[1]} dimensions)")
 
 
+def cmd_genes_audit(args: argparse.Namespace) -> None:
+    from stguide.data import labelled_mask, read_dataset
+    from stguide.genes import GeneConfig, get_encoder
+    from stguide.genes.audit import audit, umap_figure, write_audit
+    from stguide.progress import track
+
+    cfg = GeneConfig.from_dict({**_load_yaml(args.config, "genes"), **({"max_epochs": args.epochs} if args.epochs else {})})
+    a = read_dataset(args.data)
+    reps = {}
+    for name in track(args.encoders, "fitting encoders for the audit"):
+        reps[name] = get_encoder(name, cfg).fit(a, batch_key="patient", labels_key="label", progress=False).transform(a)
+    labels = a.obs["label"].astype(object).where(labelled_mask(a), None).to_numpy()
+    pre = get_encoder("pca", cfg).fit(a).transform(a)
+    table = audit(reps, a.obs["patient"].astype(str).to_numpy(), labels, x_pre=pre)
+    cmd = "stguide " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
+    write_audit(table, args.out, cmd)
+    umap_figure(reps, a.obs["patient"].astype(str).to_numpy(), labels, Path(args.out) / "umap.png")
+    print(table.round(3).to_string())
+    print(f"\nwrote {Path(args.out) / 'audit.csv'}, audit.md and umap.png")
+
+
+def cmd_genes_lopo(args: argparse.Namespace) -> None:
+    from stguide.data import read_dataset
+    from stguide.evaluate.genes_lopo import run_gene_lopo
+    from stguide.genes import GeneConfig
+    from stguide.report import write_report
+
+    cfg = GeneConfig.from_dict({**_load_yaml(args.config, "genes"), **({"max_epochs": args.epochs} if args.epochs else {})})
+    cmd = "stguide " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
+    res = run_gene_lopo(read_dataset(args.data), args.encoders, args.out, cfg, command=cmd)
+    write_report(args.out)
+    _table(res)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import json
 
@@ -195,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--genes", required=True, help="an encoder folder from `stguide genes fit`")
     ge.add_argument("--out", required=True, help="the .h5ad to write")
     ge.set_defaults(func=cmd_genes_embed)
+
+    ga = g.add_parser("audit", help="scib-metrics batch/biology table and UMAPs of gene representations")
+    ga.add_argument("--data", required=True)
+    ga.add_argument("--encoders", nargs="+", default=["logexpr", "pca", "harmony", "scvi", "scanvi", "sysvi"])
+    ga.add_argument("--out", required=True, help="folder for audit.csv, audit.md, umap.png")
+    ga.add_argument("--epochs", type=int, help="scVI/scANVI/SysVI epochs")
+    ga.add_argument("--config", help="a YAML file with a 'genes:' section")
+    ga.set_defaults(func=cmd_genes_audit)
+    gl = g.add_parser("lopo", help="gene-side LOPO: probes on each representation predict a held-out patient's labels")
+    gl.add_argument("--data", required=True)
+    gl.add_argument("--encoders", nargs="+", default=["logexpr", "pca", "harmony", "scvi", "scanvi", "sysvi"])
+    gl.add_argument("--out", required=True)
+    gl.add_argument("--epochs", type=int)
+    gl.add_argument("--config", help="a YAML file with a 'genes:' section")
+    gl.set_defaults(func=cmd_genes_lopo)
 
     t = sub.add_parser("train", help="stage 2: train an image encoder against a fitted gene encoder")
     t.add_argument("--data", required=True, help="a dataset .h5ad")

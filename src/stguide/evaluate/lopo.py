@@ -23,7 +23,7 @@ from stguide.evaluate.metrics import classification_metrics, missing_classes, su
 from stguide.evaluate.probes import ProbeConfig, fit_knn_probe, fit_linear_probe
 from stguide.genes.base import GeneConfig
 from stguide.genes.registry import get_encoder
-from stguide.io import write_json_atomic
+from stguide.io import atomic_path, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class Method:
 
 @dataclass(frozen=True)
 class LopoConfig:
-    """What a LOPO run fits and scores. ``features``: ``backbone`` (default) or ``head`` output is probed.
+    """What a LOPO run fits and scores. ``features``: ``backbone`` (default) or ``head`` output is probed (the head
+    always, when the contrastive config freezes the backbone).
     ``exclude_labels``: never scored nor used to train probes. ``folds``: held-out patients (default: every
     labelled patient)."""
 
@@ -97,7 +98,8 @@ def run_fold(cfg: LopoConfig, adata: ad.AnnData, store: PatchStore, fold: Fold, 
             masks["contrastive"] = fold.train & has_patch
             _, _, emb = fit_image_encoder(ccfg, adata, store, encoders[m.gene_encoder], mdir, train_mask=fold.train,
                                           exclude_labels=cfg.exclude_labels, progress=progress)
-            feats = emb.obsm[OBSM_HEAD if cfg.features == "head" else OBSM_BACKBONE][scored]
+            use_head = cfg.features == "head" or ccfg.freeze_backbone  # a frozen backbone learnt nothing: probe the head
+            feats = emb.obsm[OBSM_HEAD if use_head else OBSM_BACKBONE][scored]
         masks["probe"] = probe_train
         audit = _audit(adata, fold, masks)
         audit["held_out"] = {"patient": fold.held_out, "n_scored_spots": int(test.sum())}
@@ -114,7 +116,9 @@ def run_fold(cfg: LopoConfig, adata: ad.AnnData, store: PatchStore, fold: Fold, 
         metrics.update(n_train=int(probe_train.sum()), n_test=int(test.sum()), C=float(C),
                        missing_classes=missing_classes(yte, classes))
         write_json_atomic(mdir / "metrics.json", metrics)
-        np.savez_compressed(mdir / "predictions.npz", obs_names=names[test], y_true=yte, y_pred=pred)
+        with atomic_path(mdir / "predictions.npz", suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, obs_names=names[test], y_true=yte, y_pred=pred)
         results[m.name] = metrics
     return results
 

@@ -111,12 +111,12 @@ class SCVIEncoder(GeneEncoder):
         return np.asarray(z, dtype=np.float32)
 
     def _save(self, path: Path) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         with quiet():  # scvi-tools' own format, for users who open the model with scvi-tools
             self.model.save(str(path / "model"), save_anndata=False, overwrite=True)
         # stguide reloads from plain tensors and never unpickles (scvi-tools' model.pt is a pickle)
-        save_file({k: v.contiguous() for k, v in self.model.module.state_dict().items()}, str(path / "module.safetensors"))
+        save_model(self.model.module, str(path / "module.safetensors"))  # handles shared tensors
         (path / "batches.txt").write_text("\n".join(self.batches) + "\n")
 
     def _dummy(self, labels: list[str] | None = None) -> ad.AnnData:
@@ -129,12 +129,16 @@ class SCVIEncoder(GeneEncoder):
         return self._setup_adata(a, batches, None if labels is None else pd.Series([labels[i % len(labels)] for i in range(n)]))
 
     def _load(self, path: Path) -> None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         self.batches = (path / "batches.txt").read_text().splitlines()
         with quiet():
             self.model = self._build(self._dummy_for_load())
-            self.model.module.load_state_dict(load_file(str(path / "module.safetensors")))
+            # non-strict only for aliases of shared tensors (SysVI's VampPrior shares the encoder); nothing may be missing
+            missing, _ = load_model(self.model.module, str(path / "module.safetensors"), strict=False)
+            if missing:
+                raise InputError(path / "module.safetensors", f"{len(missing)} weights are missing (e.g. {missing[:3]})",
+                                 "re-fit the encoder; the folder is incomplete or from another version")
             self.model.module.eval()
             self.model.is_trained_ = True
 
@@ -232,3 +236,46 @@ class SCANVIEncoder(SCVIEncoder):
 
     def _dummy_for_load(self) -> ad.AnnData:
         return self._dummy(self.classes + [UNKNOWN])
+
+
+class SysVIEncoder(SCVIEncoder):
+    """``sysvi``: scvi-tools' SysVI (VampPrior + cycle consistency), patient as the batch, for substantial
+    batch effects. It models log-normalised expression (as SysVI expects).
+
+    SysVI's encoder is conditioned on the batch, so it is not batch-agnostic by construction: a spot of a training
+    patient is encoded under its own patient; a spot of an unseen patient is encoded under every training patient
+    and the posterior means are averaged (a documented choice; it uses no fit on the unseen patient).
+    """
+
+    name = "sysvi"
+
+    def _setup_adata(self, adata: ad.AnnData, batch, labels=None) -> ad.AnnData:
+        from stguide.genes.expression import log_normalise
+
+        a = super()._setup_adata(adata, batch, labels)
+        a.X = sp.csr_matrix(log_normalise(a.X))
+        return a
+
+    def _build(self, a: ad.AnnData):
+        from scvi.external import SysVI
+
+        c = self.config
+        SysVI.setup_anndata(a, batch_key=BATCH)
+        return SysVI(a, prior="vamp", n_latent=c.n_latent, n_hidden=c.n_hidden, n_layers=max(c.n_layers, 2),
+                     dropout_rate=c.dropout_rate)
+
+    def transform(self, adata: ad.AnnData) -> np.ndarray:
+        self.counts(adata)  # checks the genes
+        sub = adata[:, self.genes] if list(adata.var_names) != self.genes else adata
+        patients = adata.obs[self.fitted_on.get("batch_key", "patient")].astype(str).to_numpy() \
+            if self.fitted_on.get("batch_key", "patient") in adata.obs else np.full(adata.n_obs, "")
+        known = np.isin(patients, self.batches)
+        z = np.zeros((adata.n_obs, self.config.n_latent), dtype=np.float32)
+        with quiet():
+            if known.any():
+                q = self._setup_adata(sub[known], pd.Series(patients[known]))
+                z[known] = self.model.get_latent_representation(q, give_mean=True)
+            if (~known).any():
+                zs = [self.model.get_latent_representation(self._setup_adata(sub[~known], b), give_mean=True) for b in self.batches]
+                z[~known] = np.mean(zs, axis=0)
+        return z

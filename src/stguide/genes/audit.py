@@ -1,0 +1,139 @@
+"""Batch and biology audit of representations with scib-metrics: patient as the batch, label as the biology.
+
+Metrics are pure functions of arrays. Batch metrics (iLISI, kBET, graph connectivity, BRAS, PCR comparison) use
+every spot; biology metrics (silhouette label, cLISI, NMI/ARI, isolated labels) use the labelled spots. All are
+on a 0–1 scale where higher is better.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BATCH_METRICS = ("ilisi", "kbet", "graph_connectivity", "bras", "pcr_comparison")
+BIO_METRICS = ("silhouette_label", "clisi", "nmi", "ari", "isolated_labels")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``n_neighbors``: exact kNN graph size for the LISI/kBET/connectivity metrics. ``max_spots``: spots
+    subsampled (seeded) when a representation is larger, to bound time. ``seed``: the subsample."""
+
+    n_neighbors: int = 50
+    max_spots: int = 20000
+    seed: int = 0
+
+
+def knn(x: np.ndarray, k: int):
+    """Exact (deterministic) kNN as scib-metrics' NeighborsResults."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(x) - 1)
+    d, i = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    return NeighborsResults(indices=i, distances=d)
+
+
+def _quiet(f, *a, **kw) -> float:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return f(*a, **kw)
+
+
+def batch_metrics(x: np.ndarray, batch: np.ndarray, labels: np.ndarray | None = None, x_pre: np.ndarray | None = None,
+                  cfg: AuditConfig = AuditConfig()) -> dict[str, float]:
+    """iLISI, kBET, BRAS, PCR comparison (vs ``x_pre``) and graph connectivity (needs ``labels``)."""
+    import scib_metrics as sm
+
+    nn = knn(x, cfg.n_neighbors)
+    kbet = _quiet(sm.kbet, nn, batch)  # (acceptance rate, mean statistic, mean p-value)
+    out = {"ilisi": float(_quiet(sm.ilisi_knn, nn, batch)), "kbet": float(kbet[0] if isinstance(kbet, tuple) else kbet)}
+    if labels is not None:
+        ok = pd.notna(labels)
+        out["graph_connectivity"] = float(_quiet(sm.graph_connectivity, knn(x[ok], cfg.n_neighbors), labels[ok]))
+        out["bras"] = float(_quiet(sm.bras, x[ok], labels[ok], batch[ok]))
+    if x_pre is not None:
+        codes = pd.Categorical(batch).codes.astype(np.int32)  # the patient as a categorical covariate
+        out["pcr_comparison"] = float(_quiet(sm.pcr_comparison, x_pre, x, codes, scale=True, categorical=True))
+    return out
+
+
+def bio_metrics(x: np.ndarray, labels: np.ndarray, batch: np.ndarray, cfg: AuditConfig = AuditConfig()) -> dict[str, float]:
+    """Silhouette label, cLISI, NMI/ARI of k-means clusters, isolated labels, on labelled spots."""
+    import scib_metrics as sm
+
+    out = {"silhouette_label": float(_quiet(sm.silhouette_label, x, labels)),
+           "clisi": float(_quiet(sm.clisi_knn, knn(x, cfg.n_neighbors), labels))}
+    nmi_ari = _quiet(sm.nmi_ari_cluster_labels_kmeans, x, labels)
+    out.update(nmi=float(nmi_ari["nmi"]), ari=float(nmi_ari["ari"]))
+    out["isolated_labels"] = float(_quiet(sm.isolated_labels, x, labels, batch))
+    return out
+
+
+def audit(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.ndarray, x_pre: np.ndarray | None = None,
+          cfg: AuditConfig = AuditConfig()) -> pd.DataFrame:
+    """One row per representation, one column per metric (``labels`` NaN where unlabelled)."""
+    batch = np.asarray(batch).astype(str)
+    labels = np.asarray(labels, dtype=object)
+    idx = np.arange(len(batch))
+    if len(idx) > cfg.max_spots:
+        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(idx), cfg.max_spots, replace=False))
+    lab = labels[idx]
+    ok = pd.notna(lab)
+    rows = {}
+    for name, x in reps.items():
+        x = np.asarray(x, dtype=np.float32)[idx]
+        row = batch_metrics(x, batch[idx], lab, None if x_pre is None else np.asarray(x_pre, np.float32)[idx], cfg)
+        if ok.sum() > cfg.n_neighbors and len(set(lab[ok])) > 1:
+            row.update(bio_metrics(x[ok], lab[ok].astype(str), batch[idx][ok], cfg))
+        rows[name] = row
+    cols = [c for c in (*BATCH_METRICS, *BIO_METRICS) if any(c in r for r in rows.values())]
+    return pd.DataFrame.from_dict(rows, orient="index")[cols]
+
+
+def write_audit(table: pd.DataFrame, out: str | PathLike, command: str = "") -> list[Path]:
+    """``audit.csv`` and ``audit.md`` (with the producing command) in ``out``."""
+    from stguide.io import write_text_atomic
+
+    out = Path(out)
+    md = (f"Produced by: `{command}`\n\n" if command else "") + "| representation | " + " | ".join(table.columns) + " |\n"
+    md += "|---|" + "---|" * len(table.columns) + "\n"
+    for name, row in table.iterrows():
+        md += f"| {name} | " + " | ".join("–" if pd.isna(v) else f"{v:.3f}" for v in row) + " |\n"
+    return [write_text_atomic(out / "audit.csv", table.to_csv()), write_text_atomic(out / "audit.md", md)]
+
+
+def umap_figure(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.ndarray, path: str | PathLike, seed: int = 0) -> Path:
+    """UMAPs side by side: one row per representation, coloured by patient (left) and label (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import umap
+
+    from stguide.io import atomic_path
+
+    batch, labels = np.asarray(batch).astype(str), pd.Series(np.asarray(labels, dtype=object)).fillna("unlabelled").astype(str).to_numpy()
+    fig, axes = plt.subplots(len(reps), 2, figsize=(10, 4.2 * len(reps)), squeeze=False)
+    for r, (name, x) in enumerate(reps.items()):
+        emb = umap.UMAP(random_state=seed, n_jobs=1).fit_transform(np.asarray(x, np.float32))
+        for c, (values, title) in enumerate(((batch, "patient"), (labels, "label"))):
+            ax = axes[r, c]
+            for v in sorted(set(values)):
+                m = values == v
+                ax.scatter(emb[m, 0], emb[m, 1], s=3, label=v, alpha=0.7, c="lightgrey" if v == "unlabelled" else None)
+            ax.set_title(f"{name}: {title}")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.legend(markerscale=4, fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
