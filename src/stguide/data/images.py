@@ -9,7 +9,9 @@ All coordinates given to a :class:`Level` are full-resolution pixels.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -41,12 +43,23 @@ def _kind(path: Path) -> str:
     return "pillow"
 
 
-def image_size(path: str | PathLike) -> tuple[int, int]:
-    """(width, height) of the full-resolution image, reading only its header."""
-    path = Path(path)
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Check that ``path`` exists, and turn any decoder failure inside the block into one clear InputError."""
     if not path.is_file():
         raise InputError(path, "the image file does not exist", "check the path, or load the section without an image")
     try:
+        yield
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decoder errors become one clear message
+        raise _unreadable(path, e) from None
+
+
+def image_size(path: str | PathLike) -> tuple[int, int]:
+    """(width, height) of the full-resolution image, reading only its header."""
+    path = Path(path)
+    with _reading(path):
         kind = _kind(path)
         if kind == "openslide":
             import openslide
@@ -62,10 +75,6 @@ def image_size(path: str | PathLike) -> tuple[int, int]:
                 return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
         with Image.open(path) as im:
             return im.size
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - decoder errors become one clear message
-        raise _unreadable(path, e) from None
 
 
 @dataclass
@@ -196,9 +205,7 @@ def open_level(path: str | PathLike, downsample: float = 1.0) -> Level:
     Raises :class:`InputError` when the file is missing, truncated or not an image.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "the image file does not exist", "check the path, or load the section without an image")
-    try:
+    with _reading(path):
         kind = _kind(path)
         if kind == "openslide":
             import openslide
@@ -209,7 +216,3 @@ def open_level(path: str | PathLike, downsample: float = 1.0) -> Level:
         if kind == "tiff":
             return _tiff_level(path, downsample)
         return _pillow_level(path, downsample)
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - decoder errors become one clear message
-        raise _unreadable(path, e) from None
