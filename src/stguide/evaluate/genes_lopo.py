@@ -17,8 +17,8 @@ import numpy as np
 from stguide.data.folds import assert_no_leak, lopo_folds
 from stguide.data.model import labelled_mask
 from stguide.evaluate.lopo import _jsonable, dataset_summary
-from stguide.evaluate.metrics import classification_metrics, missing_classes, summarise
-from stguide.evaluate.probes import ProbeConfig, fit_knn_probe, fit_linear_probe
+from stguide.evaluate.metrics import summarise
+from stguide.evaluate.probes import ProbeConfig, score_probes
 from stguide.genes.base import GeneConfig
 from stguide.genes.registry import get_encoder
 from stguide.io import write_json_atomic
@@ -36,7 +36,6 @@ def run_gene_lopo(adata: ad.AnnData, encoders: Sequence[str], out_dir: str | Pat
     per: dict[str, dict] = {e: {} for e in encoders}
     for fold in lopo_folds(adata, folds, exclude_labels):
         train, test = fold.train & lab, fold.test & lab
-        classes = sorted(set(labels[train]))
         for name in track(encoders, f"holding out {fold.held_out}", enabled=progress):
             enc = get_encoder(name, genes).fit(adata[fold.train], batch_key="patient", labels_key="label", progress=False)
             audit = {"gene_selection": assert_no_leak(adata, fold, fold.train, "gene selection"),
@@ -44,11 +43,7 @@ def run_gene_lopo(adata: ad.AnnData, encoders: Sequence[str], out_dir: str | Pat
                      "probe": assert_no_leak(adata, fold, train, "probe")}
             write_json_atomic(out / "folds" / fold.held_out / name / "leakage_audit.json", audit)
             z_train, z_test = enc.transform(adata[train]), enc.transform(adata[test])
-            lin, C, _ = fit_linear_probe(z_train, labels[train], patients[train], probe)
-            knn = fit_knn_probe(z_train, labels[train], probe)
-            m = classification_metrics(labels[test], lin.predict(z_test))
-            m.update({f"knn_{k}": v for k, v in classification_metrics(labels[test], knn.predict(z_test)).items()})
-            m.update(n_train=int(train.sum()), n_test=int(test.sum()), C=float(C), missing_classes=missing_classes(labels[test], classes))
+            m, _ = score_probes(z_train, labels[train], patients[train], z_test, labels[test], probe)
             write_json_atomic(out / "folds" / fold.held_out / name / "metrics.json", m)
             per[name][fold.held_out] = m
     results = {"methods": {}, "config": _jsonable({"genes": asdict(genes), "probe": asdict(probe), "encoders": list(encoders)}),

@@ -19,8 +19,8 @@ from stguide.data.folds import Fold, assert_no_leak, lopo_folds
 from stguide.data.model import labelled_mask
 from stguide.data.patches import PatchStore
 from stguide.errors import InputError
-from stguide.evaluate.metrics import classification_metrics, missing_classes, summarise
-from stguide.evaluate.probes import ProbeConfig, fit_knn_probe, fit_linear_probe
+from stguide.evaluate.metrics import summarise
+from stguide.evaluate.probes import ProbeConfig, score_probes
 from stguide.genes.base import GeneConfig
 from stguide.genes.registry import get_encoder
 from stguide.io import atomic_path, write_json_atomic
@@ -72,7 +72,6 @@ def run_fold(cfg: LopoConfig, adata: ad.AnnData, store: PatchStore, fold: Fold, 
         raise InputError("config:folds", f"held-out patient {fold.held_out!r} has no labelled spot with an image patch",
                          "give the patient's labelled sections an image, or hold out another patient")
     names = np.asarray(adata.obs_names)
-    classes = sorted(set(labels[probe_train]))
     encoders: dict[str, Any] = {}
     results = {}
     for m in cfg.methods:
@@ -108,13 +107,7 @@ def run_fold(cfg: LopoConfig, adata: ad.AnnData, store: PatchStore, fold: Fold, 
         xtr = feats[[idx[n] for n in names[probe_train]]]
         xte = feats[[idx[n] for n in names[test]]]
         ytr, yte = labels[probe_train], labels[test]
-        lin, C, inner = fit_linear_probe(xtr, ytr, patients[probe_train], cfg.probe)
-        knn = fit_knn_probe(xtr, ytr, cfg.probe)
-        pred = lin.predict(xte)
-        metrics = classification_metrics(yte, pred)
-        metrics.update({f"knn_{k}": v for k, v in classification_metrics(yte, knn.predict(xte)).items()})
-        metrics.update(n_train=int(probe_train.sum()), n_test=int(test.sum()), C=float(C),
-                       missing_classes=missing_classes(yte, classes))
+        metrics, pred = score_probes(xtr, ytr, patients[probe_train], xte, yte, cfg.probe)
         write_json_atomic(mdir / "metrics.json", metrics)
         with atomic_path(mdir / "predictions.npz", suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:

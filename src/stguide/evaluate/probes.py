@@ -1,18 +1,17 @@
 """Probes on frozen features: class-balanced logistic regression (C by inner leave-patient-out CV) and cosine kNN."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GroupKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from stguide.errors import InputError
+from stguide.evaluate.metrics import classification_metrics, missing_classes
 
 
 @dataclass(frozen=True)
@@ -48,9 +47,7 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Prob
             for tr, va in cv.split(x, y, groups):
                 if len(np.unique(y[tr])) < 2:
                     continue
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
-                    s.append(balanced_accuracy_score(y[va], _linear(C, cfg.max_iter).fit(x[tr], y[tr]).predict(x[va])))
+                s.append(classification_metrics(y[va], _linear(C, cfg.max_iter).fit(x[tr], y[tr]).predict(x[va]))["bacc"])
             scores[C] = float(np.mean(s)) if s else float("nan")
         best = max(scores, key=lambda c: (np.nan_to_num(scores[c], nan=-1), -c))
     else:
@@ -62,3 +59,19 @@ def fit_knn_probe(x: np.ndarray, y: np.ndarray, cfg: ProbeConfig = ProbeConfig()
     """Cosine kNN (k capped at the number of training spots)."""
     _check(y, "<probe training set>")
     return KNeighborsClassifier(n_neighbors=min(cfg.k, len(y)), metric="cosine", weights="uniform").fit(x, y)
+
+
+def score_probes(xtr: np.ndarray, ytr: np.ndarray, groups: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                 cfg: ProbeConfig = ProbeConfig()) -> tuple[dict, np.ndarray]:
+    """Fit both probes on the training spots and score the test spots.
+
+    Returns (metrics, linear-probe predictions): the linear probe's metrics, the kNN's with a ``knn_`` prefix,
+    ``n_train``, ``n_test``, the chosen ``C`` and the training classes absent from the test set.
+    """
+    lin, C, _ = fit_linear_probe(xtr, ytr, groups, cfg)
+    knn = fit_knn_probe(xtr, ytr, cfg)
+    pred = lin.predict(xte)
+    m = classification_metrics(yte, pred)
+    m.update({f"knn_{k}": v for k, v in classification_metrics(yte, knn.predict(xte)).items()})
+    m.update(n_train=int(len(ytr)), n_test=int(len(yte)), C=float(C), missing_classes=missing_classes(yte, sorted(set(ytr))))
+    return m, pred
