@@ -154,3 +154,10 @@ def test_cli_config_file_is_validated_before_any_work(tmp_path, capsys):
     assert main(["genes", "fit", "--data", str(tmp_path / "missing.h5ad"), "--config", str(cfg), "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert "config:genes.max_epoch" in err and "unknown key" in err and not (tmp_path / "g").exists()
+
+
+def test_cli_bad_loss_kwargs_json(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "g"), "--loss-kwargs", "{alpha: 0.5",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--loss-kwargs" in err and "not valid JSON" in err and "Traceback" not in err

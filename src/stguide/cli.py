@@ -6,7 +6,6 @@ fix, with exit status 2 and no traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -80,11 +79,23 @@ def _load_yaml(path: str | None, section: str) -> dict:
     return dict(doc.get(section, {}))
 
 
+def _gene_config(args: argparse.Namespace):
+    """GeneConfig from the YAML's 'genes:' section, with --epochs on top (validated up front)."""
+    from stguide.genes import GeneConfig
+
+    return GeneConfig.from_dict({**_load_yaml(args.config, "genes"), **({"max_epochs": args.epochs} if args.epochs else {})})
+
+
+def _command() -> str:
+    """The command line that produced an artefact, recorded beside its numbers."""
+    return "stguide " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
+
+
 def cmd_genes_fit(args: argparse.Namespace) -> None:
     from stguide.data import read_dataset
-    from stguide.genes import GeneConfig, get_encoder
+    from stguide.genes import get_encoder
 
-    cfg = GeneConfig.from_dict({**_load_yaml(args.config, "genes"), **({"max_epochs": args.epochs} if args.epochs else {})})
+    cfg = _gene_config(args)
     a = read_dataset(args.data)
     if args.exclude_patients:
         a = a[~a.obs["patient"].isin(args.exclude_patients)].copy()
@@ -106,11 +117,11 @@ def cmd_genes_embed(args: argparse.Namespace) -> None:
 
 def cmd_genes_audit(args: argparse.Namespace) -> None:
     from stguide.data import labelled_mask, read_dataset
-    from stguide.genes import GeneConfig, get_encoder
+    from stguide.genes import get_encoder
     from stguide.genes.audit import audit, umap_figure, write_audit
     from stguide.progress import track
 
-    cfg = GeneConfig.from_dict({**_load_yaml(args.config, "genes"), **({"max_epochs": args.epochs} if args.epochs else {})})
+    cfg = _gene_config(args)
     a = read_dataset(args.data)
     reps = {}
     for name in track(args.encoders, "fitting encoders for the audit"):
@@ -118,8 +129,7 @@ def cmd_genes_audit(args: argparse.Namespace) -> None:
     labels = a.obs["label"].astype(object).where(labelled_mask(a), None).to_numpy()
     pre = get_encoder("pca", cfg).fit(a).transform(a)
     table = audit(reps, a.obs["patient"].astype(str).to_numpy(), labels, x_pre=pre)
-    cmd = "stguide " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
-    write_audit(table, args.out, cmd)
+    write_audit(table, args.out, _command())
     umap_figure(reps, a.obs["patient"].astype(str).to_numpy(), labels, Path(args.out) / "umap.png")
     print(table.round(3).to_string())
     print(f"\nwrote {Path(args.out) / 'audit.csv'}, audit.md and umap.png")
@@ -128,12 +138,10 @@ def cmd_genes_audit(args: argparse.Namespace) -> None:
 def cmd_genes_lopo(args: argparse.Namespace) -> None:
     from stguide.data import read_dataset
     from stguide.evaluate.genes_lopo import run_gene_lopo
-    from stguide.genes import GeneConfig
     from stguide.report import write_report
 
-    cfg = GeneConfig.from_dict({**_load_yaml(args.config, "genes"), **({"max_epochs": args.epochs} if args.epochs else {})})
-    cmd = "stguide " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
-    res = run_gene_lopo(read_dataset(args.data), args.encoders, args.out, cfg, command=cmd)
+    cfg = _gene_config(args)
+    res = run_gene_lopo(read_dataset(args.data), args.encoders, args.out, cfg, command=_command())
     write_report(args.out)
     _table(res)
 
@@ -149,7 +157,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     over = {k: v for k, v in (("backbone", args.backbone), ("init", args.init), ("loss", args.loss), ("epochs", args.epochs),
                               ("batch_size", args.batch_size)) if v is not None}
     if args.loss_kwargs:
-        over["loss_kwargs"] = json.loads(args.loss_kwargs)
+        try:
+            over["loss_kwargs"] = json.loads(args.loss_kwargs)
+        except json.JSONDecodeError as e:
+            from stguide.errors import InputError
+
+            raise InputError("--loss-kwargs", f"not valid JSON ({e})", 'write a JSON object, e.g. \'{"alpha": 0.5}\'') from None
     cfg = ContrastiveConfig.from_dict({**_load_yaml(args.config, "contrastive"), **over})
     from stguide.contrastive.encoders import check_image_encoder
     from stguide.contrastive.losses import get_loss
@@ -218,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("genes", help="stage 1: fit or apply a gene encoder").add_subparsers(dest="genes_command", required=True)
     gf = g.add_parser("fit", help="fit a gene encoder (patient as the batch) and save it")
     gf.add_argument("--data", required=True, help="a dataset .h5ad")
-    gf.add_argument("--encoder", default="scvi", help="logexpr, pca, scvi or scanvi (default scvi)")
+    gf.add_argument("--encoder", default="scvi", help="logexpr, pca, harmony, scvi, scanvi or sysvi (default scvi)")
     gf.add_argument("--out", required=True, help="the encoder folder to write")
     gf.add_argument("--exclude-patients", nargs="*", help="patients to leave out of the fit (e.g. a held-out patient)")
     gf.add_argument("--epochs", type=int, help="scVI epochs (default from the config)")

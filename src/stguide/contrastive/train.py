@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any

@@ -209,7 +209,7 @@ def combine_sections(
     the union size, the genes kept and the number dropped (per section, too) are recorded in ``uns["genes"]``.
     """
     if rule not in GENE_RULES:
-        raise InputError(f"config:gene_rule", f"unknown gene rule {rule!r}", f"use one of {list(GENE_RULES)}")
+        raise InputError("config:gene_rule", f"unknown gene rule {rule!r}", f"use one of {list(GENE_RULES)}")
     if not sections:
         raise InputError(source, "no section was found", "check the folder layout")
     names = [next(iter(s.uns["sections"])) for s in sections]

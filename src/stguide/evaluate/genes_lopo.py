@@ -12,7 +12,6 @@ from os import PathLike
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 
 from stguide.data.folds import assert_no_leak, lopo_folds
 from stguide.data.model import labelled_mask

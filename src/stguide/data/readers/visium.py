@@ -7,7 +7,6 @@ from os import PathLike
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 import pandas as pd
 
 from stguide.data.images import image_size
