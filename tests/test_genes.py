@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from stguide.errors import InputError
-from stguide.genes import ENCODERS, GeneEncoder, get_encoder
+from stguide.genes import ENCODERS, GeneConfig, GeneEncoder, get_encoder
 
 FAST = dict(max_epochs=15, scanvi_epochs=3, n_latent=6, n_top_genes=100)
 
@@ -74,13 +74,24 @@ def test_unknown_encoder():
         get_encoder("scvvi")
 
 
-def test_harmony_corrects_fitted_spots_and_projects_new_ones(split):
+def test_harmony_corrects_fitted_spots_and_maps_new_ones(split):
     train, full = split
     enc = get_encoder("harmony", n_pcs=10, n_top_genes=100).fit(train)
+    plain = get_encoder("harmony", n_pcs=10, n_top_genes=100, harmony_query="pca").fit(train)
     pca = get_encoder("pca", n_pcs=10, n_top_genes=100).fit(train)
     held = full[full.obs["patient"] == "P3"]
-    np.testing.assert_allclose(enc.transform(held), pca.transform(held), atol=1e-5)  # no correction for an unseen patient
+    np.testing.assert_allclose(plain.transform(held), pca.transform(held), atol=1e-5)  # "pca": no correction
     np.testing.assert_array_equal(enc.transform(train[::-1]), enc.corrected_[::-1])  # fitted spots: Harmony's output, by id
+    # "symphony": a new batch's own offset is estimated and removed. A copy of the reference shifted by a constant
+    # is mapped back onto the reference.
+    shift = 0.3 * enc.corrected_.std(0)
+    back = enc.map_query(enc.corrected_ + shift, np.zeros(train.n_obs, dtype=int))
+    assert np.abs(back - enc.corrected_).mean() < 0.25 * np.abs(shift).mean()
+    mapped = enc.transform(held)
+    assert not np.allclose(mapped, pca.transform(held))
+    # one offset per batch: mapping a patient alone or together with another patient gives the same coordinates
+    both = full[full.obs["patient"].isin(["P3", "P1"]).to_numpy()]
+    np.testing.assert_allclose(enc.transform(both)[(both.obs["patient"] == "P3").to_numpy()], mapped, atol=1e-4)
 
 
 def test_audit_table_and_figure(split, tmp_path):
@@ -107,3 +118,10 @@ def test_gene_side_lopo(split, tmp_path):
         assert sorted(m["folds"]) == ["P1", "P2", "P3"] and 0 <= m["mean"]["bacc"] <= 1
     audit = (tmp_path / "folds" / "P2" / "pca" / "leakage_audit.json").read_text()
     assert '"P2"' not in audit
+    # an interrupted run continues: cached cells are reused (same numbers), a changed setting refits
+    (tmp_path / "folds" / "P3" / "pca" / "metrics.json").unlink()
+    again = run_gene_lopo(full, ["logexpr", "pca"], tmp_path, progress=False)
+    assert again["methods"] == res["methods"]
+    stamp = (tmp_path / "folds" / "P1" / "pca" / "key.txt").read_text()
+    run_gene_lopo(full, ["pca"], tmp_path, genes=GeneConfig(n_pcs=5), progress=False)
+    assert (tmp_path / "folds" / "P1" / "pca" / "key.txt").read_text() != stamp

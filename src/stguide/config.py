@@ -16,6 +16,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise InputError(where, f"{value!r} is not one of {list(allowed)}", f"write one of {list(allowed)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         errors = []
         for alt in typing.get_args(tp):

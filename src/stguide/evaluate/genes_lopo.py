@@ -2,7 +2,8 @@
 
 For every fold, each encoder (gene selection included) is fitted on the training patients only; a linear probe
 and a kNN probe trained on the training patients' labelled spots score the held-out patient's labelled spots.
-``results.json`` keeps the foundation schema, with one method per encoder.
+``results.json`` keeps the foundation schema, with one method per encoder. Each (fold, encoder) cell is cached
+under ``folds/<patient>/<encoder>/`` with a key of its settings, so an interrupted run continues where it stopped.
 """
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from dataclasses import asdict
 from os import PathLike
 from pathlib import Path
 
+import json
+
 import anndata as ad
+import numpy as np
 
 from stguide.data.folds import assert_no_leak, lopo_folds
 from stguide.data.model import labelled_mask
@@ -20,15 +24,21 @@ from stguide.evaluate.metrics import summarise
 from stguide.evaluate.probes import ProbeConfig, score_probes
 from stguide.genes.base import GeneConfig
 from stguide.genes.registry import get_encoder
-from stguide.io import write_json_atomic
+from stguide.io import fingerprint, write_json_atomic
 from stguide.progress import track
 
 
 def run_gene_lopo(adata: ad.AnnData, encoders: Sequence[str], out_dir: str | PathLike, genes: GeneConfig = GeneConfig(),
                   probe: ProbeConfig = ProbeConfig(), exclude_labels: tuple[str, ...] = ("undetermined",),
-                  folds: Sequence[str] | None = None, progress: bool = True, command: str = "") -> dict:
-    """Fit every encoder per fold on the training patients, probe the held-out patient; write ``results.json``."""
+                  folds: Sequence[str] | None = None, progress: bool = True, command: str = "",
+                  batch_key: str = "patient") -> dict:
+    """Fit every encoder per fold on the training patients, probe the held-out patient; write ``results.json``.
+
+    ``batch_key``: the obs column the encoders treat as the batch (``patient``, or ``section`` for a finer one); the
+    folds always hold out whole patients.
+    """
     out = Path(out_dir)
+    data_key = fingerprint(np.asarray(adata.obs_names).astype(str), adata.obs["label"].astype(str).to_numpy(), list(adata.shape))
     lab = labelled_mask(adata, exclude_labels)
     labels = adata.obs["label"].astype(str).to_numpy()
     patients = adata.obs["patient"].astype(str).to_numpy()
@@ -36,16 +46,27 @@ def run_gene_lopo(adata: ad.AnnData, encoders: Sequence[str], out_dir: str | Pat
     for fold in lopo_folds(adata, folds, exclude_labels):
         train, test = fold.train & lab, fold.test & lab
         for name in track(encoders, f"holding out {fold.held_out}", enabled=progress):
-            enc = get_encoder(name, genes).fit(adata[fold.train], batch_key="patient", labels_key="label", progress=False)
+            cell = out / "folds" / fold.held_out / name
+            key = fingerprint(name, asdict(genes), asdict(probe), list(exclude_labels), batch_key, data_key)
+            if (cell / "metrics.json").is_file() and (cell / "key.txt").is_file() and (cell / "key.txt").read_text() == key:
+                per[name][fold.held_out] = json.loads((cell / "metrics.json").read_text())
+                continue
+            enc = get_encoder(name, genes).fit(adata[fold.train], batch_key=batch_key, labels_key="label", progress=False)
             audit = {"gene_selection": assert_no_leak(adata, fold, fold.train, "gene selection"),
                      "gene_encoder": assert_no_leak(adata, fold, fold.train, f"{name} encoder"),
                      "probe": assert_no_leak(adata, fold, train, "probe")}
-            write_json_atomic(out / "folds" / fold.held_out / name / "leakage_audit.json", audit)
+            if name == "harmony" and genes.harmony_query == "symphony":
+                audit["harmony_query_mapping"] = {"patients": [fold.held_out], "labels_used": False,
+                                                  "note": "Symphony mapping estimates the held-out patient's own offset "
+                                                          "from its unlabelled expression; the reference stays frozen"}
+            write_json_atomic(cell / "leakage_audit.json", audit)
             z_train, z_test = enc.transform(adata[train]), enc.transform(adata[test])
             m, _ = score_probes(z_train, labels[train], patients[train], z_test, labels[test], probe)
-            write_json_atomic(out / "folds" / fold.held_out / name / "metrics.json", m)
+            write_json_atomic(cell / "metrics.json", m)
+            (cell / "key.txt").write_text(key)
             per[name][fold.held_out] = m
-    results = {"methods": {}, "config": _jsonable({"genes": asdict(genes), "probe": asdict(probe), "encoders": list(encoders)}),
+    results = {"methods": {}, "config": _jsonable({"genes": asdict(genes), "probe": asdict(probe), "encoders": list(encoders),
+                                              "batch_key": batch_key}),
                "dataset": dataset_summary(adata), "command": command}
     for name, f in per.items():
         mean, sd = summarise(f)

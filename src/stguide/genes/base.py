@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
 from os import PathLike
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import anndata as ad
 import numpy as np
@@ -27,7 +27,10 @@ class GeneConfig:
     spots). ``early_stopping``: on a 10 % validation split of the training spots. ``batch_size``: scVI
     minibatch (nudged up so that no minibatch holds a single spot, which BatchNorm cannot train on).
     ``scanvi_epochs``: scANVI fine-tuning epochs. ``unlabelled_classes``: labels treated as unlabelled by
-    scANVI. ``n_pcs``: components of ``pca``. ``seed``: every random choice. ``trainer_kwargs``: passed to the
+    scANVI. ``n_pcs``: components of ``pca``.
+    ``harmony_query``: how ``harmony`` embeds spots of a patient outside its fit, ``"symphony"`` (reference
+    mapping) or ``"pca"`` (uncorrected); ``harmony_sigma`` / ``harmony_lambda``: Harmony's soft-clustering width
+    and ridge penalty (harmonypy defaults). ``seed``: every random choice. ``trainer_kwargs``: passed to the
     Lightning trainer of scvi-tools unchanged.
     """
 
@@ -43,6 +46,9 @@ class GeneConfig:
     scanvi_epochs: int = 20
     unlabelled_classes: tuple[str, ...] = ("undetermined",)
     n_pcs: int = 50
+    harmony_query: Literal["symphony", "pca"] = "symphony"
+    harmony_sigma: float = 0.1
+    harmony_lambda: float = 1.0
     seed: int = 0
     trainer_kwargs: dict = field(default_factory=dict)
 

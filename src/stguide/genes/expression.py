@@ -62,9 +62,15 @@ class PCAEncoder(GeneEncoder):
 class HarmonyEncoder(PCAEncoder):
     """``harmony``: Harmony (harmonypy) on the training PCA, patient as the batch — BLEEP's input.
 
-    Harmony corrects the points it is fitted on; it learns no correction for a patient it has not seen. So
-    ``transform`` returns the Harmony-corrected coordinates of spots that were in the fit, and the (uncorrected)
-    training-PCA projection of any other spot, e.g. a held-out patient's.
+    Spots that were in the fit get their Harmony-corrected coordinates. Harmony itself learns no correction for a
+    patient it has not seen; ``GeneConfig.harmony_query`` chooses what such spots get:
+
+    - ``"symphony"`` (default): the reference-mapping step of Symphony (Kang et al. 2021). The reference (the
+      training fit: cluster centroids, soft assignments, per-cluster sums) is frozen; each new batch's own offset
+      per cluster is estimated from that batch's unlabelled expression by the same mixture-of-experts ridge
+      regression Harmony uses, and removed. Batches are read from ``obs[batch_key]`` when present, else all new
+      spots form one batch. No label of the new spots is used.
+    - ``"pca"``: the uncorrected training-PCA projection (no correction; leaves a train/test shift).
     """
 
     name = "harmony"
@@ -75,26 +81,57 @@ class HarmonyEncoder(PCAEncoder):
         super()._fit(adata, batch_key, labels_key)
         z = (log_normalise(adata.X) - self.mean_) @ self.components_.T
         meta = adata.obs[[batch_key]].astype(str).reset_index(drop=True)
-        ho = harmonypy.run_harmony(z, meta, [batch_key], random_state=self.config.seed, verbose=False)
+        ho = harmonypy.run_harmony(z, meta, [batch_key], sigma=self.config.harmony_sigma, lamb=self.config.harmony_lambda,
+                                   random_state=self.config.seed, verbose=False)
         corr = np.asarray(ho.Z_corr)
         corr = corr.T if corr.shape[0] != z.shape[0] else corr
+        r = np.asarray(ho.R)
+        r = r if r.shape[0] == z.shape[0] else r.T  # spots × clusters
         self.fitted_names_ = np.asarray(adata.obs_names).astype(str)
         self.corrected_ = corr.astype(np.float32)
+        self.centroids_ = np.asarray(ho.Y, dtype=np.float64)  # dims × clusters, unit columns (cosine space)
+        self.ref_n_ = r.sum(0)  # clusters
+        self.ref_sum_ = r.T @ corr  # clusters × dims, corrected reference coordinates weighted by assignment
+
+    def map_query(self, z: np.ndarray, batches: np.ndarray) -> np.ndarray:
+        """Symphony's query mapping of uncorrected PCA coordinates ``z`` (spots × dims), one offset per batch and cluster."""
+        zc = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        logits = -2.0 * (1.0 - zc @ self.centroids_) / self.config.harmony_sigma
+        r = np.exp(logits - logits.max(1, keepdims=True))
+        r /= r.sum(1, keepdims=True)
+        out = z.astype(np.float64).copy()
+        lam = self.config.harmony_lambda
+        for b in np.unique(batches):
+            m = batches == b
+            rb, zb = r[m], z[m]
+            nq, sq = rb.sum(0), rb.T @ zb  # clusters; clusters × dims
+            for k in range(r.shape[1]):
+                # design [intercept, batch]; the intercept is anchored by the frozen reference (Nr, C)
+                e = np.array([[nq[k] + self.ref_n_[k], nq[k]], [nq[k], nq[k] + lam]])
+                f = np.stack([sq[k] + self.ref_sum_[k], sq[k]])
+                beta = np.linalg.solve(e, f)[1]
+                out[m] -= rb[:, [k]] * beta[None, :]
+        return out.astype(np.float32)
 
     def transform(self, adata: ad.AnnData) -> np.ndarray:
         z = super().transform(adata)
         pos = {n: i for i, n in enumerate(self.fitted_names_)}
-        for j, n in enumerate(np.asarray(adata.obs_names).astype(str)):
-            i = pos.get(n)
-            if i is not None:
-                z[j] = self.corrected_[i]
+        idx = np.array([pos.get(n, -1) for n in np.asarray(adata.obs_names).astype(str)])
+        seen = idx >= 0
+        if self.config.harmony_query == "symphony" and (~seen).any():
+            key = self.fitted_on.get("batch_key")
+            batches = adata.obs[key].astype(str).to_numpy() if key in adata.obs else np.zeros(adata.n_obs, dtype=str)
+            z[~seen] = self.map_query(z[~seen], batches[~seen])
+        z[seen] = self.corrected_[idx[seen]]
         return z
 
     def _save(self, path: Path) -> None:
         super()._save(path)
-        np.savez(path / "harmony.npz", names=self.fitted_names_, corrected=self.corrected_)
+        np.savez(path / "harmony.npz", names=self.fitted_names_, corrected=self.corrected_, centroids=self.centroids_,
+                 ref_n=self.ref_n_, ref_sum=self.ref_sum_)
 
     def _load(self, path: Path) -> None:
         super()._load(path)
         z = np.load(path / "harmony.npz")
         self.fitted_names_, self.corrected_ = z["names"].astype(str), z["corrected"]
+        self.centroids_, self.ref_n_, self.ref_sum_ = z["centroids"], z["ref_n"], z["ref_sum"]
