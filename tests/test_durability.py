@@ -43,3 +43,12 @@ def test_kill_9_then_resume_matches_uninterrupted(synthetic, tmp_path):
         torch.testing.assert_close(a[k], b[k], msg=k)
     ea, eb = read_dataset(tmp_path / "full" / "embeddings.h5ad"), read_dataset(run / "embeddings.h5ad")
     np.testing.assert_array_equal(ea.obsm["X_image_head"], eb.obsm["X_image_head"])
+
+
+def test_fingerprint_of_object_arrays_is_stable():
+    from stguide.io import fingerprint
+
+    a = np.array(["x", "y"], dtype=object)
+    b = np.array(["x", "y"], dtype=object)
+    assert fingerprint(a) == fingerprint(b) == fingerprint(np.array(["x", "y"]))
+    assert fingerprint(a) != fingerprint(np.array(["x", "z"], dtype=object))

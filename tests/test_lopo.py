@@ -54,7 +54,7 @@ def test_demo_quick_end_to_end(tmp_path):
             for comp, rec in audit.items():
                 if comp != "held_out":
                     assert p not in rec["patients"]
-            assert audit["held_out"]["patient"] == p
+            assert audit["held_out"]["patients"] == [p]
         assert np.isfinite(m["mean"]["bacc"])
     assert "ours-scvi-clip" in (out / "report.md").read_text()
     assert res["methods"]["ours-scvi-clip"]["mean"]["bacc"] == saved["methods"]["ours-scvi-clip"]["mean"]["bacc"]

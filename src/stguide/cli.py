@@ -141,7 +141,7 @@ def cmd_genes_lopo(args: argparse.Namespace) -> None:
     from stguide.report import write_report
 
     cfg = _gene_config(args)
-    res = run_gene_lopo(read_dataset(args.data), args.encoders, args.out, cfg, command=_command())
+    res = run_gene_lopo(read_dataset(args.data), args.encoders, args.out, cfg, command=_command(), batch_key=args.batch_key)
     write_report(args.out)
     _table(res)
 
@@ -186,10 +186,22 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(f"downloaded and verified {len(files)} file(s) into {args.out}")
 
 
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from stguide.evaluate.experiment import load_config, run_experiment
+
+    cfg = load_config(args.config)
+    results = run_experiment(cfg, args.out, progress=not args.no_progress, command=_command())
+    _table(results)
+    for name, why in results.get("skipped", {}).items():
+        print(f"{name}: {why}")
+    print(f"\nwrote {Path(args.out) / 'results.json'}, report.md and report.html ({results['runtime_s']} s)")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from stguide.report import write_report
 
-    print(f"wrote {write_report(args.run_dir)}")
+    md = write_report(args.run_dir)
+    print(f"wrote {md} and {md.with_suffix('.html')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("experiment", help="the method matrix × leave-one-patient-out folds, with report.html/report.md")
+    x.add_argument("config", help="an experiment YAML (see docs/configuration.md and experiments/*.yaml)")
+    x.add_argument("--out", required=True, help="the run folder; re-running continues an interrupted run (cached cells)")
+    x.add_argument("--no-progress", action="store_true", help="no progress bars")
+    x.set_defaults(func=cmd_experiment)
 
     r = sub.add_parser("data", help="read a dataset into the stguide data model (.h5ad)")
     r.add_argument("format", choices=["her2st", "hest", "visium", "anndata", "synthetic"])
@@ -256,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     gl.add_argument("--out", required=True)
     gl.add_argument("--epochs", type=int)
     gl.add_argument("--config", help="a YAML file with a 'genes:' section")
+    gl.add_argument("--batch-key", default="patient", choices=["patient", "section"],
+                    help="the batch the encoders correct for (default patient); folds always hold out whole patients")
     gl.set_defaults(func=cmd_genes_lopo)
 
     t = sub.add_parser("train", help="stage 2: train an image encoder against a fitted gene encoder")
@@ -284,21 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--manifest", help="a sha256sum file or URL (default: BASE_URL/SHA256SUMS)")
     dl.set_defaults(func=cmd_download)
 
-    rep = sub.add_parser("report", help="rebuild report.md from a run folder's results.json")
+    rep = sub.add_parser("report", help="rebuild report.md and report.html (with figures) from a run folder")
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stguide.errors import DataWarning, InputError
+    from stguide.errors import DataWarning, InputError, LeakageError
 
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", DataWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"
     try:
         args.func(args)
-    except InputError as e:
+    except (InputError, LeakageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -28,6 +28,10 @@ class InputError(ValueError):
         super().__init__(f"{self.file}: {problem}\n  fix: {fix}")
 
 
+class LeakageError(RuntimeError):
+    """A fit would see a held-out patient: the fold is refused (the CLI prints the message, no traceback)."""
+
+
 class DataWarning(UserWarning):
     """Something in the input was not used as-is (for example a label row matching no spot).
 

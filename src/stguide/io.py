@@ -91,9 +91,12 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts and NumPy arrays."""
+    """A short stable hash of JSON-able parts and NumPy arrays (object arrays are hashed by their string values,
+    never by their pointers)."""
     h = hashlib.sha256()
     for p in parts:
+        if isinstance(p, np.ndarray) and p.dtype == object:
+            p = p.astype(str)
         if isinstance(p, np.ndarray):
             h.update(str(p.dtype).encode())
             h.update(str(p.shape).encode())

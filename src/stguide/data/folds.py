@@ -2,6 +2,10 @@
 
 A fold holds out every section of one patient. Patients without a labelled spot cannot be scored, so they get
 no fold of their own, but their spots still train every fit of every fold (they are never a test patient).
+
+``by="section"`` makes one fold per labelled section instead. It exists so that the leakage audit can be shown to
+catch the trap peers fell into: a held-out section whose patient keeps other sections in training. Every fit of
+such a fold is refused by :func:`assert_no_leak`, unless each patient has a single section.
 """
 from __future__ import annotations
 
@@ -12,24 +16,28 @@ import anndata as ad
 import numpy as np
 
 from stguide.data.model import labelled_mask
-from stguide.errors import InputError
+from stguide.errors import InputError, LeakageError
 
 
 @dataclass(frozen=True)
 class Fold:
-    """One LOPO fold: ``held_out`` patient, and boolean masks over the dataset's spots."""
+    """One LOPO fold: ``held_out`` patient (or section), boolean masks over the dataset's spots, and the patients
+    of the test spots (which no fit may see)."""
 
     held_out: str
     train: np.ndarray
     test: np.ndarray
+    patients: tuple[str, ...] = ()
 
 
 def lopo_folds(
     adata: ad.AnnData,
     patients: Sequence[str] | None = None,
     exclude_labels: Sequence[str] = ("undetermined",),
+    by: str = "patient",
 ) -> list[Fold]:
-    """One fold per patient with at least one labelled spot (or per patient in ``patients``).
+    """One fold per patient with at least one labelled spot (or per patient in ``patients``); ``by="section"``:
+    per labelled section (leaky when a patient has several sections; see the module docstring).
 
     Raises :class:`InputError` when a requested patient is unknown or has no labelled spot, or when fewer than
     two patients exist (nothing to train on).
@@ -52,13 +60,24 @@ def lopo_folds(
             if p not in scorable:
                 raise InputError("config:folds", f"held-out patient {p!r} has no labelled spot, so its fold cannot be scored",
                                  f"hold out a labelled patient ({scorable}); unlabelled patients still train every fold")
-    return [Fold(p, pat != p, pat == p) for p in chosen]
+    if by == "section":
+        sec = adata.obs["section"].astype(str).to_numpy()
+        secs = [s for s in dict.fromkeys(sec) if pat[sec == s][0] in chosen and lab[sec == s].any()]
+        return [Fold(s, sec != s, sec == s, (str(pat[sec == s][0]),)) for s in secs]
+    if by != "patient":
+        raise InputError("config:fold_by", f"unknown fold unit {by!r}", "use 'patient' (or 'section' to demonstrate leakage)")
+    return [Fold(p, pat != p, pat == p, (p,)) for p in chosen]
 
 
 def assert_no_leak(adata: ad.AnnData, fold: Fold, mask: np.ndarray, what: str) -> dict:
-    """The audit record of one fit; raises ``RuntimeError`` if it saw the held-out patient."""
-    pat = adata.obs["patient"].astype(str).to_numpy()[mask]
-    seen = sorted(set(pat))
-    if fold.held_out in seen:
-        raise RuntimeError(f"leakage: {what} was fitted on held-out patient {fold.held_out!r}")
+    """The audit record of one fit (patients and number of spots it sees); raises :class:`LeakageError` if that
+    includes a held-out patient."""
+    pat = adata.obs["patient"].astype(str).to_numpy()
+    seen = sorted(set(pat[mask]))
+    held = set(fold.patients or (fold.held_out,)) | set(pat[fold.test])
+    leaked = sorted(held & set(seen))
+    if leaked:
+        raise LeakageError(f"leakage: {what} of fold {fold.held_out!r} would be fitted on held-out patient(s) {leaked} "
+                           f"({int((mask & np.isin(pat, leaked)).sum())} of their spots); refusing to fit or score this fold. "
+                           "Hold out whole patients (fold_by: patient).")
     return {"patients": seen, "n_spots": int(mask.sum())}

@@ -109,20 +109,27 @@ def write_audit(table: pd.DataFrame, out: str | PathLike, command: str = "") -> 
     return [write_text_atomic(out / "audit.csv", table.to_csv()), write_text_atomic(out / "audit.md", md)]
 
 
-def umap_figure(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.ndarray, path: str | PathLike, seed: int = 0) -> Path:
-    """UMAPs side by side: one row per representation, coloured by patient (left) and label (right)."""
+def umap_coords(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D UMAP coordinates of a representation (seeded, single-threaded so they are reproducible)."""
+    import umap
+
+    return umap.UMAP(random_state=seed, n_jobs=1).fit_transform(np.asarray(x, np.float32)).astype(np.float32)
+
+
+def plot_umaps(coords: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | PathLike) -> Path:
+    """One row per representation: ``{name: (xy, patients, labels)}``, coloured by patient (left) and label (right);
+    ``None`` labels are drawn grey as unlabelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import umap
 
     from stguide.io import atomic_path
 
-    batch, labels = np.asarray(batch).astype(str), pd.Series(np.asarray(labels, dtype=object)).fillna("unlabelled").astype(str).to_numpy()
-    fig, axes = plt.subplots(len(reps), 2, figsize=(10, 4.2 * len(reps)), squeeze=False)
-    for r, (name, x) in enumerate(reps.items()):
-        emb = umap.UMAP(random_state=seed, n_jobs=1).fit_transform(np.asarray(x, np.float32))
+    fig, axes = plt.subplots(len(coords), 2, figsize=(10, 4.2 * len(coords)), squeeze=False)
+    for r, (name, (emb, batch, labels)) in enumerate(coords.items()):
+        batch = np.asarray(batch).astype(str)
+        labels = pd.Series(np.asarray(labels, dtype=object)).fillna("unlabelled").astype(str).to_numpy()
         for c, (values, title) in enumerate(((batch, "patient"), (labels, "label"))):
             ax = axes[r, c]
             for v in sorted(set(values)):
@@ -137,3 +144,8 @@ def umap_figure(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.nd
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def umap_figure(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.ndarray, path: str | PathLike, seed: int = 0) -> Path:
+    """UMAPs side by side: one row per representation, coloured by patient (left) and label (right)."""
+    return plot_umaps({name: (umap_coords(x, seed), batch, labels) for name, x in reps.items()}, path)

@@ -1,4 +1,5 @@
-"""``report.md`` from a ``results.json``: the method table (mean ± sd, best marked), per-fold tables, the data."""
+"""``report.md`` and ``report.html`` from a run folder: the method table (mean ± sd, best marked), per-fold tables,
+the loss ablation, the image-embedding batch audit, figures, the data and a methods paragraph."""
 from __future__ import annotations
 
 import json
@@ -39,7 +40,40 @@ def fold_table(results: dict, metric: str = "bacc") -> str:
     return out
 
 
-def render_markdown(results: dict, title: str = "stguide report") -> str:
+def ablation_table(results: dict) -> str | None:
+    """The scANVI loss ablation (rows present in the run only)."""
+    from stguide.evaluate.experiment import ABLATION_ROWS
+
+    rows = [r for r in ABLATION_ROWS if r in results["methods"]]
+    if len(rows) < 2:
+        return None
+    sub = {"methods": {r: results["methods"][r] for r in rows}}
+    return method_table(sub)
+
+
+def image_audit_table(run: Path, results: dict) -> str | None:
+    """Mean over folds of each method's scib-metrics audit of its image features (patient = batch, label = biology)."""
+    rows = {}
+    for name in results["methods"]:
+        vals = [json.loads(f.read_text()) for f in sorted((run / "folds").glob(f"*/{name}/image_audit.json"))]
+        if vals:
+            rows[name] = {k: sum(v[k] for v in vals) / len(vals) for k in vals[0]}
+    if not rows:
+        return None
+    cols = list(next(iter(rows.values())))
+    out = "| method | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+    for name, r in rows.items():
+        out += f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |\n"
+    return out
+
+
+def _figures(figs: dict, kind: str, heading: str) -> list[str]:
+    paths = figs.get(kind, [])
+    return [f"### {heading}", ""] + [f"![{heading}]({p})" for p in paths] + [""] if paths else []
+
+
+def render_markdown(results: dict, title: str = "stguide report", figures: dict | None = None,
+                    image_audit: str | None = None) -> str:
     d = results.get("dataset", {})
     sources = d.get("label_sources", {})
     proxy = sources.get("proxy", 0)
@@ -74,6 +108,28 @@ def render_markdown(results: dict, title: str = "stguide report") -> str:
         "## Macro-F1 per held-out patient (linear probe)",
         fold_table(results, "macro_f1"),
     ]
+    if results.get("skipped"):
+        lines += ["## Methods not run", ""] + [f"- {m}: {why}" for m, why in results["skipped"].items()] + [""]
+    abl = ablation_table(results)
+    if abl:
+        lines += ["## Loss ablation on the scANVI gene side (linear probe)",
+                  "Same gene encoder, backbone, initialisation and schedule; only the loss differs (`ours-scanvi` is inter-soft).",
+                  "", abl]
+    if image_audit:
+        lines += ["## Batch audit of the image embeddings",
+                  "scib-metrics on each fold's image features of the labelled spots (training and held-out patients), patient as "
+                  "the batch and label as the biology, averaged over folds; 0-1, higher is better. High batch scores mean the "
+                  "image features do not separate patients.", "", image_audit]
+    figs = figures or {}
+    if figs:
+        lines += ["## Figures", ""]
+        lines += _figures(figs, "confusion", "Confusion matrices (held-out spots of all folds; counts, colour = row fraction)")
+        lines += _figures(figs, "umap", "UMAPs of the image embeddings")
+        lines += _figures(figs, "spots", f"Spot maps: true vs predicted labels ({(figs.get('spots_method') or ['?'])[0]}, "
+                                         "linear probe) over the H&E")
+        lines += _figures(figs, "training", "Training curves")
+    if results.get("methods_paragraph"):
+        lines += ["## Methods", results["methods_paragraph"], ""]
     notes = [(n, f, m["missing_classes"]) for n, mm in results["methods"].items() for f, m in mm["folds"].items() if m.get("missing_classes")]
     if notes:
         lines += ["## Classes absent from a held-out patient", "Balanced accuracy and macro-F1 average over the classes present.", ""]
@@ -86,8 +142,30 @@ def render_markdown(results: dict, title: str = "stguide report") -> str:
     return "\n".join(lines) + "\n"
 
 
+HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}}
+table{{border-collapse:collapse;margin:1em 0;font-size:.92em}}th,td{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}
+th:first-child,td:first-child{{text-align:left}}th{{background:#f3f3f3}}img{{max-width:100%;border:1px solid #eee}}
+blockquote{{background:#fff8e1;border-left:4px solid #f0b400;margin:1em 0;padding:.5em 1em}}code{{background:#f5f5f5;padding:0 .2em}}</style>
+</head><body>
+{body}
+</body></html>
+"""
+
+
 def write_report(run_dir: str | PathLike) -> Path:
-    """(Re)build ``report.md`` in ``run_dir`` from its ``results.json``."""
+    """(Re)build ``report.md`` and ``report.html`` (and their figures) in ``run_dir`` from what the run saved."""
+    import markdown
+
+    from stguide.report.figures import write_figures
+
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
-    return write_text_atomic(run_dir / "report.md", render_markdown(results))
+    figures = write_figures(run_dir, results) if (run_dir / "folds").is_dir() else {}
+    audit = image_audit_table(run_dir, results) if (run_dir / "folds").is_dir() else None
+    title = "stguide experiment report" if "experiment" in results else "stguide report"
+    md = render_markdown(results, title, figures, audit)
+    body = markdown.markdown(md, extensions=["tables"])
+    write_text_atomic(run_dir / "report.html", HTML.format(title=title, body=body))
+    return write_text_atomic(run_dir / "report.md", md)
