@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from stguide.errors import InputError
 
@@ -82,3 +82,14 @@ def build_dataclass(cls: type[T], data: dict[str, Any], where: str = "config") -
         raise InputError(f"{where}.{unknown[0]}", f"unknown key {unknown[0]!r}", f"known keys: {sorted(known)}")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
+
+
+class FromDict:
+    """Mixin for frozen config dataclasses: ``Cls.from_dict(mapping)`` validated by :func:`build_dataclass`, errors
+    naming ``config:<section>.<key>``."""
+
+    section: ClassVar[str] = "config"
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any] | None, where: str | None = None) -> T:
+        return build_dataclass(cls, d or {}, where or f"config:{cls.section}")  # type: ignore[attr-defined]

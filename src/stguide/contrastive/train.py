@@ -7,12 +7,13 @@ import warnings
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from stguide.config import FromDict
 from stguide.contrastive.augment import Augment
 from stguide.contrastive.data import EpochSampler, ImageDataset, PairDataset
 from stguide.contrastive.encoders import build_image_encoder
@@ -22,7 +23,7 @@ from stguide.data.patches import PatchStore
 
 
 @dataclass(frozen=True)
-class ContrastiveConfig:
+class ContrastiveConfig(FromDict):
     """Stage-2 settings (documented in docs/configuration.md).
 
     ``backbone`` (timm name), ``init`` (none / imagenet / effnet-lite0 / file:PATH), ``embed_dim`` and
@@ -35,6 +36,8 @@ class ContrastiveConfig:
     freezing it; off by default), ``supcon_labels`` (``label``: the training labels; ``scanvi``: scANVI's
     predictions), ``trainer_kwargs`` (passed to ``lightning.Trainer``).
     """
+
+    section: ClassVar[str] = "contrastive"
 
     backbone: str = "resnet18"
     init: str = "none"
@@ -59,11 +62,6 @@ class ContrastiveConfig:
     supcon_labels: str = "label"
     trainer_kwargs: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "config:contrastive") -> "ContrastiveConfig":
-        from stguide.config import build_dataclass
-
-        return build_dataclass(cls, d or {}, where)
 
 
 @contextlib.contextmanager

@@ -167,7 +167,9 @@ def run_cell(cfg: LopoConfig, m: Method, ctx: _Context, fold: Fold, out: Path) -
     audit["held_out"] = {"fold": fold.held_out, "patients": list(fold.patients), "n_scored_spots": int(test.sum())}
     key = fingerprint(asdict(m), asdict(ccfg), asdict(cfg.genes) if m.gene_encoder else None, asdict(cfg.probe), cfg.features,
                       list(cfg.exclude_labels), ctx.data_key, store.path.name, fold.held_out, fingerprint(fold.train))
+    want_audit, want_umap = cfg.image_audit, fold.held_out == ctx.umap_fold
     if _cached(cell, key):
+        _describe(cell, want_audit and not (cell / "image_audit.json").is_file(), want_umap and not (cell / "umap.npz").is_file(), ccfg.seed)
         return json.loads((cell / "metrics.json").read_text())
     resume = _start(cell, key)
     scored = probe_train | test
@@ -190,14 +192,18 @@ def run_cell(cfg: LopoConfig, m: Method, ctx: _Context, fold: Fold, out: Path) -
     _save_npz(cell / "predictions.npz", obs_names=names[test], y_true=labels[test], y_pred=pred)
     _save_npz(cell / "features.npz", obs_names=names[scored], x=feats.astype(np.float16), patient=patients[scored],
               label=labels[scored], test=test[scored])
-    if cfg.image_audit or fold.held_out == ctx.umap_fold:
-        from stguide.evaluate.image_audit import describe_features
-
-        describe_features(cell, audit_on=cfg.image_audit, umap=fold.held_out == ctx.umap_fold, seed=ccfg.seed)
+    _describe(cell, want_audit, want_umap, ccfg.seed)
     write_json_atomic(cell / "metrics.json", metrics)
     (cell / "key.txt").write_text(key)
     (cell / "key.pending").unlink(missing_ok=True)
     return metrics
+
+
+def _describe(cell: Path, audit_on: bool, umap: bool, seed: int) -> None:
+    if audit_on or umap:
+        from stguide.evaluate.image_audit import describe_features
+
+        describe_features(cell, audit_on=audit_on, umap=umap, seed=seed)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -12,12 +12,13 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from stguide.config import FromDict
 from stguide.errors import InputError
 from stguide.io import atomic_path, write_json_atomic
 
 
 @dataclass(frozen=True)
-class GeneConfig:
+class GeneConfig(FromDict):
     """Settings shared by the gene encoders (each documented in docs/configuration.md).
 
     ``n_top_genes``: highly variable genes (``seurat_v3`` on raw counts, batch-aware, fitted on the training
@@ -33,6 +34,8 @@ class GeneConfig:
     and ridge penalty (harmonypy defaults). ``seed``: every random choice. ``trainer_kwargs``: passed to the
     Lightning trainer of scvi-tools unchanged.
     """
+
+    section: ClassVar[str] = "genes"
 
     n_top_genes: int = 2000
     n_latent: int = 16
@@ -52,11 +55,6 @@ class GeneConfig:
     seed: int = 0
     trainer_kwargs: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "config:genes") -> "GeneConfig":
-        from stguide.config import build_dataclass
-
-        return build_dataclass(cls, d or {}, where)
 
 
 def select_genes(adata: ad.AnnData, n_top: int, batch_key: str = "patient") -> list[str]:
