@@ -15,11 +15,10 @@ from pathlib import Path
 import json
 
 import anndata as ad
-import numpy as np
 
 from stguide.data.folds import assert_no_leak, lopo_folds
 from stguide.data.model import labelled_mask
-from stguide.evaluate.lopo import _jsonable, dataset_summary
+from stguide.evaluate.lopo import _jsonable, data_key, dataset_summary
 from stguide.evaluate.metrics import summarise
 from stguide.evaluate.probes import ProbeConfig, score_probes
 from stguide.genes.base import GeneConfig
@@ -38,7 +37,7 @@ def run_gene_lopo(adata: ad.AnnData, encoders: Sequence[str], out_dir: str | Pat
     folds always hold out whole patients.
     """
     out = Path(out_dir)
-    data_key = fingerprint(np.asarray(adata.obs_names).astype(str), adata.obs["label"].astype(str).to_numpy(), list(adata.shape))
+    dkey = data_key(adata)
     lab = labelled_mask(adata, exclude_labels)
     labels = adata.obs["label"].astype(str).to_numpy()
     patients = adata.obs["patient"].astype(str).to_numpy()
@@ -47,7 +46,7 @@ def run_gene_lopo(adata: ad.AnnData, encoders: Sequence[str], out_dir: str | Pat
         train, test = fold.train & lab, fold.test & lab
         for name in track(encoders, f"holding out {fold.held_out}", enabled=progress):
             cell = out / "folds" / fold.held_out / name
-            key = fingerprint(name, asdict(genes), asdict(probe), list(exclude_labels), batch_key, data_key)
+            key = fingerprint(name, asdict(genes), asdict(probe), list(exclude_labels), batch_key, dkey)
             if (cell / "metrics.json").is_file() and (cell / "key.txt").is_file() and (cell / "key.txt").read_text() == key:
                 per[name][fold.held_out] = json.loads((cell / "metrics.json").read_text())
                 continue
