@@ -18,7 +18,7 @@ import anndata as ad
 
 from stguide.data.folds import assert_no_leak, lopo_folds
 from stguide.data.model import labelled_mask
-from stguide.evaluate.lopo import _jsonable, data_key, dataset_summary
+from stguide.evaluate.lopo import _jsonable, data_key, dataset_summary, key_matches
 from stguide.evaluate.metrics import summarise
 from stguide.evaluate.probes import ProbeConfig, score_probes
 from stguide.genes.base import GeneConfig
@@ -47,7 +47,7 @@ def run_gene_lopo(adata: ad.AnnData, encoders: Sequence[str], out_dir: str | Pat
         for name in track(encoders, f"holding out {fold.held_out}", enabled=progress):
             cell = out / "folds" / fold.held_out / name
             key = fingerprint(name, asdict(genes), asdict(probe), list(exclude_labels), batch_key, dkey)
-            if (cell / "metrics.json").is_file() and (cell / "key.txt").is_file() and (cell / "key.txt").read_text() == key:
+            if key_matches(cell, key):
                 per[name][fold.held_out] = json.loads((cell / "metrics.json").read_text())
                 continue
             enc = get_encoder(name, genes).fit(adata[fold.train], batch_key=batch_key, labels_key="label", progress=False)

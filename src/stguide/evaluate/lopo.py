@@ -93,8 +93,10 @@ def data_key(adata: ad.AnnData) -> str:
                        np.asarray(adata.X.sum(1)).ravel().astype(np.float64), list(map(str, adata.var_names)))
 
 
-def _cached(cell: Path, key: str) -> bool:
-    return (cell / "key.txt").is_file() and (cell / "key.txt").read_text() == key and (cell / "metrics.json").is_file()
+def key_matches(folder: Path, key: str, done: str | None = "metrics.json") -> bool:
+    """True when ``folder`` holds a finished artefact (``done`` present) computed under ``key`` (its ``key.txt``)."""
+    k = folder / "key.txt"
+    return k.is_file() and k.read_text() == key and (done is None or (folder / done).is_file())
 
 
 def _start(cell: Path, key: str) -> bool:
@@ -115,7 +117,7 @@ def _gene_encoder(cfg: LopoConfig, ctx: _Context, fold: Fold, name: str, out: Pa
     if (name, key) in ctx.encoders:
         return ctx.encoders[(name, key)]
     folder = out / "genes" / name
-    if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
+    if key_matches(folder, key, done=None):
         enc = GeneEncoder.load(folder)
     else:
         enc = get_encoder(name, cfg.genes).fit(ctx.adata[fold.train], batch_key="patient", labels_key="label", progress=ctx.progress)
@@ -168,7 +170,7 @@ def run_cell(cfg: LopoConfig, m: Method, ctx: _Context, fold: Fold, out: Path) -
     key = fingerprint(asdict(m), asdict(ccfg), asdict(cfg.genes) if m.gene_encoder else None, asdict(cfg.probe), cfg.features,
                       list(cfg.exclude_labels), ctx.data_key, store.path.name, fold.held_out, fingerprint(fold.train))
     want_audit, want_umap = cfg.image_audit, fold.held_out == ctx.umap_fold
-    if _cached(cell, key):
+    if key_matches(cell, key):
         _describe(cell, want_audit and not (cell / "image_audit.json").is_file(), want_umap and not (cell / "umap.npz").is_file(), ccfg.seed)
         return json.loads((cell / "metrics.json").read_text())
     resume = _start(cell, key)
