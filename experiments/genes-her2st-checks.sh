@@ -11,6 +11,6 @@ export HF_HUB_OFFLINE=1
 test -f "$OUT/her2st.h5ad" || { echo "run experiments/genes-her2st.sh first ($OUT/her2st.h5ad is missing)" >&2; exit 2; }
 stguide genes lopo --data "$OUT/her2st.h5ad" --config experiments/genes-her2st.yaml --encoders scvi --batch-key section --out "$OUT/check-section"
 stguide genes lopo --data "$OUT/her2st.h5ad" --config experiments/genes-her2st-hvg5000.yaml --encoders scvi --out "$OUT/check-hvg5000"
-OMP_NUM_THREADS=1 stguide genes lopo --data "$OUT/her2st.h5ad" --config experiments/genes-her2st-e200.yaml --encoders scvi --out "$OUT/check-e200" &
-OMP_NUM_THREADS=1 stguide genes audit --data "$OUT/her2st.h5ad" --config experiments/genes-her2st-e200.yaml --encoders scvi --out "$OUT/check-e200-audit" &
-wait
+OMP_NUM_THREADS=1 stguide genes lopo --data "$OUT/her2st.h5ad" --config experiments/genes-her2st-e200.yaml --encoders scvi --out "$OUT/check-e200" & lopo=$!
+OMP_NUM_THREADS=1 stguide genes audit --data "$OUT/her2st.h5ad" --config experiments/genes-her2st-e200.yaml --encoders scvi --out "$OUT/check-e200-audit" & audit=$!
+wait "$lopo"; wait "$audit"  # each wait returns its job's status, so set -e stops on a failure
