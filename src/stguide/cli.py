@@ -6,7 +6,9 @@ fix, with exit status 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -310,20 +312,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_STOPPED_BY: list[int] = []  # the signal that stopped the current command, if any
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM handler: remember the signal and raise KeyboardInterrupt where Python is running.
+
+    Lightning turns a KeyboardInterrupt inside ``fit`` into ``sys.exit(1)`` and its own SIGTERM handling into a
+    ``SystemExit`` with status 0, so :func:`main` needs the remembered signal to report a stop as a stop.
+    """
+    _STOPPED_BY.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> int:
+    signum = _STOPPED_BY[-1] if _STOPPED_BY else signal.SIGINT
+    print(f"stopped by {signal.Signals(signum).name}. The same command run again reuses the LOPO and experiment cells "
+          "that finished; `stguide train --resume` continues from the last checkpoint.", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     from stguide.errors import DataWarning, InputError, LeakageError
 
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", DataWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"
+    _STOPPED_BY.clear()
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
     try:
         args.func(args)
     except (InputError, LeakageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except SystemExit:
+        if not _STOPPED_BY:
+            raise
+        return _interrupted()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
     return 0
 
 
