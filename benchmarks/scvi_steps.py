@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from stguide.data import make_synthetic
+from stguide.evaluate.audit import AuditConfig, batch_metrics
 from stguide.genes import get_encoder
-from stguide.genes.audit import AuditConfig, batch_metrics
 
 SETTINGS = [("logexpr", 0, 0), ("scvi", 100, 128), ("scvi", 200, 128), ("scvi", 400, 64)]
 
@@ -25,12 +25,12 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/scvi_steps")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        a = make_synthetic(3, 1, 144, out_px=16, seed=0, image_dir=tmp)
+        a = make_synthetic(3, 1, 144, seed=0, image_dir=tmp)
     batch = a.obs["patient"].astype(str).to_numpy()
     rows = []
     for name, epochs, bs in SETTINGS:
         t0 = time.time()
-        kw = dict(n_latent=10, max_epochs=epochs, batch_size=bs) if name == "scvi" else {}
+        kw = {"scvi": dict(n_latent=10, max_epochs=epochs, batch_size=bs)} if name == "scvi" else {}
         z = get_encoder(name, **kw).fit(a, progress=False).transform(a)
         steps = epochs * math.ceil(a.n_obs / bs) if bs else 0
         ilisi = batch_metrics(z, batch, cfg=AuditConfig(n_neighbors=30))["ilisi"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from stguide.data.patches import extract_patches
-from stguide.data.synthetic import make_synthetic
-from stguide.demo import QUICK, demo_config
+from stguide.data.readers import read
+from stguide.evaluate.config import load_config, preset_path
 from stguide.evaluate.lopo import run_lopo
 
 
@@ -27,12 +27,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        adata = make_synthetic(QUICK.n_patients, QUICK.sections_per_patient, QUICK.spots_per_section, QUICK.out_px, 0,
-                               image_dir=Path(tmp) / "images")
-        store = extract_patches(adata, 100.0, QUICK.out_px, Path(tmp) / "patches", progress=False)
+        base = load_config(preset_path("demo-quick"))  # the quick demo; its data stay at seed 0
+        adata = read("synthetic", **base.data.options, image_dir=Path(tmp) / "images")
+        store = extract_patches(adata, base.patches, Path(tmp) / "patches", progress=False)
         runs = {}
         for i, seed in enumerate([args.seeds[0], *args.seeds]):
-            res = run_lopo(demo_config(QUICK, seed), adata, store, Path(tmp) / f"run{i}", progress=False)
+            cfg = load_config(preset_path("demo-quick"), {"genes": {"seed": seed}, "contrastive": {"seed": seed}})
+            res = run_lopo(cfg, adata, store, Path(tmp) / f"run{i}", progress=False)
             runs[f"seed {seed}" + (" (again)" if i == 1 else "")] = {m: r["mean"] for m, r in res["methods"].items()}
     first, again = list(runs.values())[:2]
     identical = first == again

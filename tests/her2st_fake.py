@@ -14,7 +14,7 @@ def make(root: Path, counts: np.ndarray | None = None, labels: list[str] | None 
     (root / "ST-cnts").mkdir(parents=True)
     (root / "ST-spotfiles").mkdir()
     counts = np.arange(len(spots) * 3).reshape(len(spots), 3) if counts is None else counts
-    rows = ["\tG1\tG2\tG3"] + [f"{x}x{y}\t" + "\t".join(str(v) for v in c) for (x, y), c in zip(spots, counts)]
+    rows = ["\tG1\tG2\tG3"] + [f"{x}x{y}\t" + "\t".join(str(v) for v in c) for (x, y), c in zip(spots, counts, strict=True)]
     with gzip.open(root / "ST-cnts" / "A1.tsv.gz", "wt") as f:
         f.write("\n".join(rows) + "\n")
     sel = ["x\ty\tnew_x\tnew_y\tpixel_x\tpixel_y\tselected"]
@@ -27,6 +27,6 @@ def make(root: Path, counts: np.ndarray | None = None, labels: list[str] | None 
     if labels is not None:
         (root / "ST-pat" / "lbl").mkdir(parents=True)
         lines = ["Row.names\tx\ty\tpixel_x\tpixel_y\tlabel"]
-        lines += [f"r{i}\t{x + 0.02}\t{y - 0.03}\t0\t0\t{lab}" for i, ((x, y), lab) in enumerate(zip(spots, labels))]
+        lines += [f"r{i}\t{x + 0.02}\t{y - 0.03}\t0\t0\t{lab}" for i, ((x, y), lab) in enumerate(zip(spots, labels, strict=True))]
         (root / "ST-pat" / "lbl" / "A1_labeled_coordinates.tsv").write_text("\n".join(lines) + "\n")
     return root

@@ -82,6 +82,7 @@ def test_h5ad_without_spatial(tmp_path, synthetic):
     h5 = tmp_path / "x.h5ad"
     a = synthetic.copy()
     a.uns = {}
+    del a.obsm["spatial"]  # the data model writes it; a foreign AnnData may lack it
     a.write_h5ad(h5)
     with pytest.raises(InputError, match=r"obsm\['spatial'\]"):
         read_anndata(h5, None, None, patient="P")
@@ -139,8 +140,8 @@ def test_config_unknown_key_and_wrong_type():
     from stguide.genes import GeneConfig
 
     with pytest.raises(InputError) as e:
-        GeneConfig.from_dict({"n_latnet": 10})
-    assert e.value.file == "config:genes.n_latnet" and "n_latent" in e.value.fix
+        GeneConfig.from_dict({"scvi": {"n_latnet": 10}})
+    assert e.value.file == "config:genes.scvi.n_latnet" and "n_latent" in e.value.fix
     with pytest.raises(InputError) as e:
         ContrastiveConfig.from_dict({"epochs": "ten"})
     assert e.value.file == "config:contrastive.epochs" and "integer" in e.value.problem

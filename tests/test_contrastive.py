@@ -10,7 +10,7 @@ import torch
 
 from stguide.contrastive import ContrastiveConfig, build_image_encoder, fit_image_encoder, train_contrastive
 from stguide.contrastive.heads import ProjectionHead
-from stguide.data.patches import extract_patches
+from stguide.data.patches import PatchConfig, extract_patches
 from stguide.errors import InputError
 from stguide.genes import get_encoder
 
@@ -19,7 +19,7 @@ TINY = dict(backbone="resnet10t", epochs=2, batch_size=16, embed_dim=16)
 
 @pytest.fixture(scope="module")
 def tiny(synthetic, tmp_path_factory):
-    store = extract_patches(synthetic, 100, 32, tmp_path_factory.mktemp("p"), progress=False)
+    store = extract_patches(synthetic, PatchConfig(100, 32), tmp_path_factory.mktemp("p"), progress=False)
     train = synthetic[synthetic.obs["patient"] != "P3"].copy()
     return synthetic, train, store
 
@@ -91,19 +91,29 @@ def test_resume_reaches_the_same_weights(tiny, tmp_path):
 
 
 def test_frozen_backbone_trains_heads_only(tiny, tmp_path):
+    """Every backbone tensor (weights and BatchNorm statistics) is bit-identical after training; the heads moved."""
+    from stguide.contrastive.train import build_module
+
     _, train, store = tiny
     z = np.random.default_rng(0).normal(size=(train.n_obs, 6)).astype(np.float32)
-    cfg = ContrastiveConfig(**{**TINY, "epochs": 1}, freeze_backbone=True)
+    cfg = ContrastiveConfig(**{**TINY, "epochs": 2}, freeze_backbone=True)
+    import lightning as L
+
+    L.seed_everything(cfg.seed, verbose=False)
+    untrained, _ = build_module(cfg, store, z.shape[1])  # what training starts from (same seed, same init)
+    before, heads_before = _weights(untrained.backbone), _weights(untrained.image_head)
     m, _ = train_contrastive(cfg, store, list(train.obs_names), z, None, tmp_path, progress=False)
-    torch.manual_seed(cfg.seed)
-    assert all(not p.requires_grad for p in m.backbone.parameters())
-    assert all(p.requires_grad for p in m.image_head.parameters())
+    after = _weights(m.backbone)
+    assert before.keys() == after.keys() and any("running_mean" in k for k in after)
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert any(not torch.equal(v, heads_before[k]) for k, v in _weights(m.image_head).items())
 
 
 @pytest.mark.parametrize("loss", ["bleep", "gene-soft", "inter-soft", "supcon"])
 def test_fit_image_encoder_writes_obsm(tiny, tmp_path, loss):
     full, train, store = tiny
-    enc = get_encoder("pca", n_pcs=8).fit(train)
+    enc = get_encoder("pca", pca={"n_pcs": 8}).fit(train)
     cfg = ContrastiveConfig(**{**TINY, "epochs": 1}, loss=loss)
     _, _, out = fit_image_encoder(cfg, full, store, enc, tmp_path, train_mask=(full.obs["patient"] != "P3").to_numpy(), progress=False)
     assert out.obsm["X_image_backbone"].shape[0] == full.n_obs and np.isfinite(out.obsm["X_image_backbone"]).all()
@@ -114,7 +124,7 @@ def test_fit_image_encoder_writes_obsm(tiny, tmp_path, loss):
 
 def test_finetune_scvi_encoder(tiny, tmp_path):
     full, train, store = tiny
-    enc = get_encoder("scvi", max_epochs=5, n_latent=6, n_top_genes=100).fit(train, progress=False)
+    enc = get_encoder("scvi", scvi={"max_epochs": 5, "n_latent": 6}, n_top_genes=100).fit(train, progress=False)
     before = {k: v.clone() for k, v in enc.model.module.z_encoder.state_dict().items()}
     cfg = ContrastiveConfig(**{**TINY, "epochs": 1}, finetune_gene_encoder=True)
     m, _, _ = fit_image_encoder(cfg, train, store, enc, tmp_path, progress=False)
@@ -157,6 +167,42 @@ def test_cli_genes_fit_and_train(tiny, tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "genes"), "--loss", "infonce",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "unknown loss" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "genes"), "--loss", "inter-soft",
+                 "--loss-kwargs", '{"alpha": 2}', "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "loss_kwargs" in err and "alpha must lie in [0, 1]" in err and "Traceback" not in err
+
+
+def test_train_refuses_a_gene_encoder_fitted_on_a_held_out_patient(tiny, tmp_path, capsys):
+    """`stguide genes fit` on every patient, then `stguide train --exclude-patients P3`: the image encoder would be
+    judged on P3 with targets from an encoder that saw P3. Refused before any training; the Python API too."""
+    from stguide.cli import main
+    from stguide.data import write_dataset
+    from stguide.errors import LeakageError
+
+    full, _, store = tiny
+    write_dataset(full, tmp_path / "d.h5ad")
+    assert main(["genes", "fit", "--data", str(tmp_path / "d.h5ad"), "--encoder", "pca", "--out", str(tmp_path / "genes")]) == 0
+    assert main(["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "genes"), "--backbone", "resnet10t",
+                 "--epochs", "1", "--size-um", "100", "--out-px", "32", "--exclude-patients", "P3",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "leakage" in err and "['P3']" in err and not (tmp_path / "run" / "checkpoints").exists()
+    enc = get_encoder("pca", pca={"n_pcs": 8}).fit(full)
+    with pytest.raises(LeakageError, match="P3"):
+        fit_image_encoder(ContrastiveConfig(**TINY), full, store, enc, tmp_path / "api",
+                          train_mask=(full.obs["patient"] != "P3").to_numpy(), progress=False)
+
+
+def test_sysvi_cannot_be_fine_tuned(tiny, tmp_path):
+    """SysVI's encoder takes the batch, so there is nothing batch-free to fine-tune: a clear error naming the
+    setting (it used to end in an AttributeError deep inside)."""
+    _, train, store = tiny
+    enc = get_encoder("sysvi", scvi={"max_epochs": 2, "n_latent": 4}, n_top_genes=50).fit(train, progress=False)
+    cfg = ContrastiveConfig(**{**TINY, "epochs": 1}, finetune_gene_encoder=True)
+    with pytest.raises(InputError, match="finetune_gene_encoder") as e:
+        fit_image_encoder(cfg, train, store, enc, tmp_path, progress=False)
+    assert "scvi or scanvi" in e.value.fix
 
 
 def test_augment_is_seeded_and_keeps_shape():

@@ -18,7 +18,7 @@ from stguide.genes import get_encoder
 def test_kill_9_then_resume_matches_uninterrupted(synthetic, tmp_path):
     data = tmp_path / "d.h5ad"
     write_dataset(synthetic, data)
-    get_encoder("pca", n_pcs=8).fit(synthetic[synthetic.obs["patient"] != "P3"]).save(tmp_path / "genes")
+    get_encoder("pca", pca={"n_pcs": 8}).fit(synthetic[synthetic.obs["patient"] != "P3"]).save(tmp_path / "genes")
     args = ["train", "--data", str(data), "--genes", str(tmp_path / "genes"), "--backbone", "resnet10t", "--epochs", "5",
             "--batch-size", "16", "--size-um", "100", "--out-px", "32", "--exclude-patients", "P3",
             "--patch-cache", str(tmp_path / "patches")]

@@ -7,13 +7,14 @@ import pytest
 
 from stguide.cli import main
 from stguide.errors import InputError, LeakageError
-from stguide.evaluate.experiment import ExperimentConfig, load_config, run_experiment
+from stguide.evaluate.config import ExperimentConfig, load_config
+from stguide.evaluate.experiment import run_experiment
 from stguide.evaluate.metrics import classification_metrics, summarise
 
 TINY = """
-data: {format: synthetic, options: {n_patients: 3, sections_per_patient: 1, spots_per_section: 64, out_px: 32, seed: 0}}
+data: {format: synthetic, options: {n_patients: 3, sections_per_patient: 1, spots_per_section: 64, seed: 0}}
 patches: {size_um: 100, out_px: 32}
-genes: {n_top_genes: 200, n_latent: 8, max_epochs: 5, scanvi_epochs: 2}
+genes: {n_top_genes: 200, scvi: {n_latent: 8, max_epochs: 5}, scanvi: {max_epochs: 2}}
 contrastive: {backbone: resnet10t, epochs: 1, batch_size: 32}
 methods:
   - {name: random}
@@ -39,7 +40,8 @@ def test_tiny_experiment_writes_results_report_and_audits(tiny):
         assert sorted(m["folds"]) == ["P1", "P2", "P3"] and set(m) == {"folds", "mean", "sd"}
         for k in ("acc", "bacc", "macro_f1", "weighted_f1", "kappa", "knn_bacc", "n_test"):
             assert k in m["mean"] and all(k in f for f in m["folds"].values())
-    assert {"dataset", "config", "command", "experiment", "methods_paragraph"} <= set(res)
+    assert {"dataset", "config", "command", "kind", "ablation", "methods_paragraph"} <= set(res)
+    assert res["config"]["genes"]["scvi"]["max_epochs"] == 5  # the whole resolved config, every default written out
     for fold in ("P1", "P2", "P3"):
         audit = json.loads((run / "folds" / fold / "ours-scanvi" / "leakage_audit.json").read_text())
         assert {"gene_selection", "gene_encoder", "contrastive", "probe"} <= set(audit)
@@ -70,13 +72,12 @@ def test_resumed_run_gives_the_same_results_and_reuses_cells(tiny):
 def test_leaky_configuration_is_refused(tmp_path, capsys):
     cfg = tmp_path / "leaky.yaml"
     cfg.write_text("""
-data: {format: synthetic, options: {n_patients: 2, sections_per_patient: 2, spots_per_section: 16, out_px: 16}}
-patches: {out_px: 16}
+data: {format: synthetic, options: {n_patients: 2, sections_per_patient: 2, spots_per_section: 16}}
+patches: {size_um: 100, out_px: 16}
 methods: [{name: random}]
 ablation: false
-image_audit: false
-fold_by: section
-report: {umap: false}
+lopo: {fold_by: section}
+report: {umap: false, image_audit: false}
 """)
     with pytest.raises(LeakageError, match="held-out patient"):
         run_experiment(load_config(cfg), tmp_path / "run", progress=False)
@@ -94,9 +95,9 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(bad)
     bad.write_text("methods: [{name: x, gene_encoder: scvi, loss: clip}, {name: x}]\n")
     with pytest.raises(InputError, match="share this name"):
-        load_config(bad).all_methods()
-    bad.write_text("fold_by: spot\n")
-    with pytest.raises(InputError, match="fold_by"):
+        load_config(bad)
+    bad.write_text("lopo: {fold_by: spot}\n")
+    with pytest.raises(InputError, match="lopo.fold_by"):
         load_config(bad)
 
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from stguide.errors import InputError
-from stguide.genes import ENCODERS, GeneConfig, GeneEncoder, get_encoder
+from stguide.genes import ENCODERS, GeneConfig, get_encoder, load_encoder
 
-FAST = dict(max_epochs=15, scanvi_epochs=3, n_latent=6, n_top_genes=100)
+FAST = dict(scvi={"max_epochs": 15, "n_latent": 6}, scanvi={"max_epochs": 3}, n_top_genes=100)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_fit_transform_save_load(name, split, tmp_path):
     assert z.shape[0] == full.n_obs and np.isfinite(z).all()
     assert enc.fitted_on["patients"] == ["P1", "P2"]
     enc.save(tmp_path / name)
-    z2 = GeneEncoder.load(tmp_path / name).transform(full)
+    z2 = load_encoder(tmp_path / name).transform(full)
     np.testing.assert_array_equal(z, z2)
 
 
@@ -33,15 +33,32 @@ def test_scvi_is_seeded(split):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_scanvi_never_receives_held_out_labels(split):
-    train, full = split
-    train = train.copy()
-    # the held-out patient's own labels are not in the training set at all; a class only it had must be unknown
-    enc = get_encoder("scanvi", **FAST).fit(train, labels_key="label", progress=False)
-    registered = set(enc.registered_labels())
-    assert registered == set(train.obs["label"].dropna().astype(str)) | {"Unknown"}
-    held = full[full.obs["patient"] == "P3"]
-    assert set(enc.model.adata.obs_names).isdisjoint(set(held.obs_names))
+def test_scanvi_never_receives_held_out_labels(split, tmp_path):
+    """Through the LOPO's own path (fold_gene_encoder): scrambling the held-out patient's labels leaves the fold's
+    scANVI latent bit-identical, the model never registered a held-out spot, and the experiment's one
+    ``exclude_labels`` setting reaches scANVI (an excluded class is never one of its labels)."""
+    from stguide.data.folds import lopo_folds
+    from stguide.evaluate.config import ExperimentConfig, Method
+    from stguide.evaluate.lopo import fold_gene_encoder
+
+    _, full = split
+    excluded = "immune infiltrate"
+    assert excluded in set(full.obs["label"][full.obs["patient"] != "P3"])
+    cfg = ExperimentConfig(genes=GeneConfig.from_dict(FAST), exclude_labels=(excluded,), methods=(Method("random"),), ablation=False)
+    scrambled = full.copy()
+    held = (scrambled.obs["patient"] == "P3").to_numpy()
+    lab = scrambled.obs["label"].astype(str).to_numpy()
+    lab[held] = np.random.default_rng(0).permutation(np.where(lab[held] == "adipose tissue", "invasive cancer", "adipose tissue"))
+    scrambled.obs["label"] = lab
+    latents = []
+    for i, data in enumerate((full, scrambled)):
+        fold = next(f for f in lopo_folds(data) if f.held_out == "P3")
+        enc = fold_gene_encoder(cfg, data, fold, "scanvi", tmp_path / f"genes{i}")
+        assert set(enc.model.adata.obs_names).isdisjoint(set(data.obs_names[held]))
+        assert set(enc.registered_labels()) == set(full.obs["label"][~held].astype(str)) - {excluded} | {"Unknown"}
+        assert enc.fitted_on["patients"] == ["P1", "P2"] and enc.fitted_on["exclude_labels"] == [excluded]
+        latents.append(enc.transform(full))
+    np.testing.assert_array_equal(latents[0], latents[1])
 
 
 def test_scanvi_needs_labels_and_two_classes(split):
@@ -76,9 +93,9 @@ def test_unknown_encoder():
 
 def test_harmony_corrects_fitted_spots_and_maps_new_ones(split):
     train, full = split
-    enc = get_encoder("harmony", n_pcs=10, n_top_genes=100).fit(train)
-    plain = get_encoder("harmony", n_pcs=10, n_top_genes=100, harmony_query="pca").fit(train)
-    pca = get_encoder("pca", n_pcs=10, n_top_genes=100).fit(train)
+    enc = get_encoder("harmony", pca={"n_pcs": 10}, n_top_genes=100).fit(train)
+    plain = get_encoder("harmony", pca={"n_pcs": 10}, n_top_genes=100, harmony={"query": "pca"}).fit(train)
+    pca = get_encoder("pca", pca={"n_pcs": 10}, n_top_genes=100).fit(train)
     held = full[full.obs["patient"] == "P3"]
     np.testing.assert_allclose(plain.transform(held), pca.transform(held), atol=1e-5)  # "pca": no correction
     np.testing.assert_array_equal(enc.transform(train[::-1]), enc.corrected_[::-1])  # fitted spots: Harmony's output, by id
@@ -95,16 +112,19 @@ def test_harmony_corrects_fitted_spots_and_maps_new_ones(split):
 
 
 def test_audit_table_and_figure(split, tmp_path):
-    from stguide.genes.audit import BATCH_METRICS, audit, umap_figure, write_audit
+    from stguide.evaluate.audit import BATCH_METRICS, audit, umap_coords
+    from stguide.report.figures import plot_umaps
+    from stguide.report.markdown import write_audit
 
     _, full = split
-    reps = {n: get_encoder(n, n_pcs=10, n_top_genes=100).fit(full).transform(full) for n in ("logexpr", "pca")}
+    reps = {n: get_encoder(n, pca={"n_pcs": 10}, n_top_genes=100).fit(full).transform(full) for n in ("logexpr", "pca")}
     table = audit(reps, full.obs["patient"].to_numpy(), full.obs["label"].to_numpy(), x_pre=reps["pca"])
     assert list(table.index) == ["logexpr", "pca"] and set(BATCH_METRICS) <= set(table.columns)
     assert ((table >= 0) & (table <= 1)).all().all()
     write_audit(table, tmp_path, "test")
     assert (tmp_path / "audit.md").read_text().startswith("Produced by: `test`")
-    umap_figure(reps, full.obs["patient"].to_numpy(), full.obs["label"].to_numpy(), tmp_path / "umap.png")
+    plot_umaps({n: (umap_coords(x), full.obs["patient"].to_numpy(), full.obs["label"].to_numpy()) for n, x in reps.items()},
+               tmp_path / "umap.png")
     assert (tmp_path / "umap.png").stat().st_size > 10_000
 
 
@@ -123,7 +143,7 @@ def test_gene_side_lopo(split, tmp_path):
     again = run_gene_lopo(full, ["logexpr", "pca"], tmp_path, progress=False)
     assert again["methods"] == res["methods"]
     stamp = (tmp_path / "folds" / "P1" / "pca" / "key.txt").read_text()
-    run_gene_lopo(full, ["pca"], tmp_path, genes=GeneConfig(n_pcs=5), progress=False)
+    run_gene_lopo(full, ["pca"], tmp_path, genes=GeneConfig.from_dict({"pca": {"n_pcs": 5}}), progress=False)
     assert (tmp_path / "folds" / "P1" / "pca" / "key.txt").read_text() != stamp
 
 
@@ -134,16 +154,16 @@ def test_scvi_mixes_patients_that_logexpr_keeps_apart(tmp_path):
     import torch
 
     from stguide.data import make_synthetic
-    from stguide.genes.audit import AuditConfig, batch_metrics
+    from stguide.evaluate.audit import AuditConfig, batch_metrics
 
-    a = make_synthetic(3, 1, 144, out_px=16, seed=0, image_dir=tmp_path)
+    a = make_synthetic(3, 1, 144, seed=0, image_dir=tmp_path)
     batch = a.obs["patient"].astype(str).to_numpy()
     ilisi = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 300-gene model trains faster on one thread than on two competing ones
     try:
         for name in ("logexpr", "scvi"):
-            z = get_encoder(name, n_latent=10, max_epochs=400, batch_size=64).fit(a, progress=False).transform(a)
+            z = get_encoder(name, scvi={"n_latent": 10, "max_epochs": 400, "batch_size": 64}).fit(a, progress=False).transform(a)
             ilisi[name] = batch_metrics(z, batch, cfg=AuditConfig(n_neighbors=30))["ilisi"]
     finally:
         torch.set_num_threads(threads)

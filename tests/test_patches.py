@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from stguide.data.model import SectionInfo, combine_sections, make_section
-from stguide.data.patches import PatchStore, extract_patches
+from stguide.data.patches import PatchConfig, PatchStore, extract_patches
 from stguide.errors import InputError
 
 
@@ -31,7 +31,7 @@ def _dataset(tmp_path, ums=(0.5, 1.0), at_um=(200.0, 200.0)):
 
 def test_same_physical_field_at_different_resolutions(tmp_path):
     a = _dataset(tmp_path)
-    store = extract_patches(a, size_um=160, out_px=32, cache_dir=tmp_path / "c", progress=False)
+    store = extract_patches(a, PatchConfig(160, 32), tmp_path / "c", progress=False)
     p0, p1 = store[0].astype(float), store[1].astype(float)
     assert np.abs(p0 - p1).mean() < 10  # the same stripes, though pixel sizes differ 2×
     # a pixel-count crop would show twice as many stripes in the 0.5 µm/px image: check the period is physical
@@ -41,28 +41,34 @@ def test_same_physical_field_at_different_resolutions(tmp_path):
 
 def test_cache_reused_and_invalidated(tmp_path):
     a = _dataset(tmp_path)
-    s1 = extract_patches(a, 160, 32, tmp_path / "c", progress=False)
+    s1 = extract_patches(a, PatchConfig(160, 32), tmp_path / "c", progress=False)
+    first = s1.take(s1.obs_names).copy()
     mtime = (s1.path / "patches.npy").stat().st_mtime_ns
-    s2 = extract_patches(a, 160, 32, tmp_path / "c", progress=False)
+    s2 = extract_patches(a, PatchConfig(160, 32), tmp_path / "c", progress=False)
     assert s2.path == s1.path and (s2.path / "patches.npy").stat().st_mtime_ns == mtime
-    s3 = extract_patches(a, 120, 32, tmp_path / "c", progress=False)
+    s3 = extract_patches(a, PatchConfig(120, 32), tmp_path / "c", progress=False)
     assert s3.path != s1.path
-    s4 = extract_patches(a, 160, 32, tmp_path / "c", stain_norm="macenko", progress=False)
+    s4 = extract_patches(a, PatchConfig(160, 32, stain_norm="macenko"), tmp_path / "c", progress=False)
     assert s4.path != s1.path
     # the image's content (not its timestamp) is in the fingerprint
     _stripes(tmp_path / "s0.png", 0.5, period_um=60.0)
-    s5 = extract_patches(a, 160, 32, tmp_path / "c", progress=False)
+    s5 = extract_patches(a, PatchConfig(160, 32), tmp_path / "c", progress=False)
     assert s5.path != s1.path
-    assert isinstance(PatchStore(s1.path), PatchStore)
+    assert not np.array_equal(s5[0], first[0]) and np.array_equal(s5[1], first[1])  # only section 0 changed
+    # the earlier cache is left as it was: reopened, it still holds the patches of the old image
+    old = PatchStore(s1.path)
+    assert old.obs_names == s1.obs_names and np.array_equal(old.take(old.obs_names), first)
+    # 160 and 160.0 µm are one setting and one cache
+    assert extract_patches(a, PatchConfig(160.0, 32), tmp_path / "c", progress=False).path == s5.path
 
 
 def test_border_spot_is_padded_and_flagged_or_raises(tmp_path):
     a = _dataset(tmp_path, at_um=(30.0, 200.0))
-    store = extract_patches(a, 160, 32, tmp_path / "c", outside="pad", progress=False)
+    store = extract_patches(a, PatchConfig(160, 32, outside="pad"), tmp_path / "c", progress=False)
     assert (store.outside > 0.2).all() and store.meta["n_padded"] == 2
     assert (store[0][:, :4] == 255).all()  # the padded part is white
     with pytest.raises(InputError, match="leaves the image"):
-        extract_patches(a, 160, 32, tmp_path / "d", outside="raise", progress=False)
+        extract_patches(a, PatchConfig(160, 32, outside="raise"), tmp_path / "d", progress=False)
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())  # nothing left behind
 
 
@@ -71,5 +77,5 @@ def test_jpeg_decoded_below_full_resolution(tmp_path):
     Image.fromarray(np.full((2000, 2000, 3), 180, np.uint8)).save(p, quality=80)
     info = SectionInfo("S", "P", str(p), 0.5, 100.0, 2000, 2000)
     a = combine_sections([make_section(np.ones((1, 1)), ["g"], ["s"], info=info, x_px=[1000], y_px=[1000], file=p)])
-    store = extract_patches(a, 200, 50, tmp_path / "c", progress=False)  # 400 px → 50 px: 8× coarser
+    store = extract_patches(a, PatchConfig(200, 50), tmp_path / "c", progress=False)  # 400 px → 50 px: 8× coarser
     assert store.meta["sections"]["S"]["read_scale"] == 8.0

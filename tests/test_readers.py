@@ -25,7 +25,7 @@ def _outs(root, new_format: bool):
     with gzip.open(mtx / "matrix.mtx.gz", "wt") as f:
         f.write("%%MatrixMarket matrix coordinate integer general\n%\n")
         f.write(f"{m.shape[0]} {m.shape[1]} {m.nnz}\n")
-        for r, c, v in zip(m.row, m.col, m.data):
+        for r, c, v in zip(m.row, m.col, m.data, strict=True):
             f.write(f"{r + 1} {c + 1} {v}\n")
     with gzip.open(mtx / "barcodes.tsv.gz", "wt") as f:
         f.write("\n".join(BARCODES) + "\n")

@@ -4,7 +4,7 @@ import pytest
 
 from stguide.data import read_hest
 from stguide.data.images import open_level
-from stguide.data.patches import extract_patches
+from stguide.data.patches import PatchConfig, extract_patches
 
 pytestmark = pytest.mark.realdata
 
@@ -68,7 +68,7 @@ def _tissue_fraction(p: np.ndarray) -> np.ndarray:
 def test_b4_patches_land_on_tissue(her2st, tmp_path):
     a, _ = her2st
     b4 = a[a.obs["section"] == "B4"].copy()
-    store = extract_patches(b4, size_um=200, out_px=64, cache_dir=tmp_path, progress=False)
+    store = extract_patches(b4, PatchConfig(200, 64), tmp_path, progress=False)
     assert len(store) == b4.n_obs == 283
     assert store.meta["sections"]["B4"]["read_scale"] >= 2  # decoded below full resolution (JPEG draft)
     t = _tissue_fraction(store.take(b4.obs_names))

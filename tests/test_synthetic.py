@@ -35,8 +35,8 @@ def test_classes_form_contiguous_regions(synthetic):
     a = synthetic[synthetic.obs["section"] == synthetic.obs["section"].iloc[0]]
     xy = np.array([list(map(int, s.split("x"))) for s in a.obs["spot"]])
     lab = a.obs["label"].astype(str).to_numpy()
-    pos = {tuple(p): l for p, l in zip(xy, lab)}
-    same = [pos[(x + 1, y)] == l for (x, y), l in pos.items() if (x + 1, y) in pos]
+    pos = {tuple(p): c for p, c in zip(xy, lab, strict=True)}
+    same = [pos[(x + 1, y)] == c for (x, y), c in pos.items() if (x + 1, y) in pos]
     chance = sum((lab == c).mean() ** 2 for c in set(lab))
     assert np.mean(same) > chance + 0.2
 

@@ -30,62 +30,66 @@ def _table(results: dict) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from stguide.demo import run_demo
+    from stguide.evaluate.config import load_config, preset_path, with_seed
+    from stguide.evaluate.experiment import run_experiment
 
-    results = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    preset = "demo-quick" if args.quick else "demo"
+    cfg = load_config(preset_path(preset), with_seed(args.seed))
+    results = run_experiment(cfg, args.out, progress=not args.no_progress,
+                             command=f"stguide demo --out {args.out}" + (" --quick" if args.quick else "") + (f" --seed {args.seed}" if args.seed else ""))
     _table(results)
-    print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'} ({results['runtime_s']} s)")
+    print(f"\nwrote {Path(args.out) / 'results.json'}, report.md and report.html ({results['runtime_s']} s; settings: {preset_path(preset)})")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from stguide import data
+    from stguide.data import read, write_dataset
 
-    if args.format == "her2st":
-        a = data.read_her2st(args.path, gene_rule=args.gene_rule)
-    elif args.format == "hest":
-        a = data.read_hest(args.path, ids=args.ids, labels_dir=args.labels_dir, gene_rule=args.gene_rule)
-    elif args.format == "visium":
-        a = data.read_visium(args.path, image=args.image, patient=args.patient, section=args.section, labels=args.labels)
-    elif args.format == "synthetic":
-        a = data.make_synthetic(seed=args.seed, image_dir=Path(args.out).parent / "images")
-    else:  # anndata
-        a = data.read_anndata(args.path, args.image, args.um_per_px, patient=args.patient, section=args.section,
-                              label_key=args.label_key)
-    data.write_dataset(a, args.out)
+    options = {k: getattr(args, k) for k in ("ids", "labels_dir", "labels", "image", "um_per_px", "patient", "section",
+                                             "label_key", "gene_rule", "seed") if getattr(args, k) is not None}
+    if args.format == "synthetic":
+        options["image_dir"] = str(Path(args.out).parent / "images")
+    a = read(args.format, args.path, **options)
+    write_dataset(a, args.out)
     print(f"wrote {args.out}: {a.n_obs} spots × {a.n_vars} genes, {a.obs['patient'].nunique()} patients, "
           f"{a.obs['section'].nunique()} sections, {int(a.obs['label'].notna().sum())} labelled spots")
+
+
+def _patch_config(args: argparse.Namespace):
+    """PatchConfig from the flags given (the dataclass's defaults for the others)."""
+    from stguide.data.patches import PatchConfig
+
+    given = {k: getattr(args, k, None) for k in ("size_um", "out_px", "outside", "stain_norm")}
+    return PatchConfig.from_dict({k: v for k, v in given.items() if v is not None})
 
 
 def cmd_patches(args: argparse.Namespace) -> None:
     from stguide.data import read_dataset
     from stguide.data.patches import extract_patches
 
-    store = extract_patches(read_dataset(args.data), args.size_um, args.out_px, args.cache_dir, outside=args.outside,
-                            stain_norm=args.stain_norm)
+    cfg = _patch_config(args)
+    store = extract_patches(read_dataset(args.data), cfg, args.cache_dir)
     print(f"patch cache: {store.path} ({len(store)} patches, {store.meta['n_padded']} padded at the image border)")
 
 
-def _load_yaml(path: str | None, section: str) -> dict:
-    if not path:
-        return {}
-    import yaml
+def _gene_config(args: argparse.Namespace):
+    """GeneConfig from the YAML's 'genes:' section, with --epochs (scvi.max_epochs) on top, validated up front."""
+    from stguide.config import load_yaml
+    from stguide.genes import GeneConfig
 
+    doc = dict(load_yaml(args.config).get("genes") or {}) if args.config else {}
+    if args.epochs:
+        doc["scvi"] = {**(doc.get("scvi") or {}), "max_epochs": args.epochs}
+    return _from_file(GeneConfig, doc, args.config)
+
+
+def _from_file(cls, doc: dict, path: str | None):
+    """``cls.from_dict(doc)``, an error naming the YAML file (when there is one) beside the key."""
     from stguide.errors import InputError
 
     try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise InputError(path, f"cannot be read as YAML ({e})", "fix the file") from None
-    if not isinstance(doc, dict):
-        raise InputError(path, "the top level is not a mapping", f"write '{section}:' followed by key: value pairs")
-    return dict(doc.get(section, {}))
-
-
-def _gene_config(args: argparse.Namespace):
-    """GeneConfig from the YAML's 'genes:' section, with --epochs on top (validated up front)."""
-    from stguide.genes import GeneConfig
-
-    return GeneConfig.from_dict({**_load_yaml(args.config, "genes"), **({"max_epochs": args.epochs} if args.epochs else {})})
+        return cls.from_dict(doc)
+    except InputError as e:
+        raise (InputError(f"{path} ({e.file})", e.problem, e.fix) if path else e) from None
 
 
 def _command() -> str:
@@ -98,20 +102,21 @@ def cmd_genes_fit(args: argparse.Namespace) -> None:
     from stguide.genes import get_encoder
 
     cfg = _gene_config(args)
+    enc = get_encoder(args.encoder, cfg)
     a = read_dataset(args.data)
     if args.exclude_patients:
         a = a[~a.obs["patient"].isin(args.exclude_patients)].copy()
-    enc = get_encoder(args.encoder, cfg).fit(a, batch_key="patient", labels_key="label")
+    enc.fit(a, batch_key="patient", labels_key="label", exclude_labels=tuple(args.exclude_labels))
     enc.save(args.out)
     print(f"wrote {args.out}: {args.encoder} fitted on patients {enc.fitted_on['patients']} ({enc.fitted_on['n_spots']} spots, {len(enc.genes)} genes)")
 
 
 def cmd_genes_embed(args: argparse.Namespace) -> None:
     from stguide.data import read_dataset, write_dataset
-    from stguide.genes import GeneEncoder
+    from stguide.genes import load_encoder
 
+    enc = load_encoder(args.genes)
     a = read_dataset(args.data)
-    enc = GeneEncoder.load(args.genes)
     a.obsm[f"X_{enc.name}"] = enc.transform(a)
     write_dataset(a, args.out)
     print(f"wrote {args.out} with obsm['X_{enc.name}'] ({a.obsm[f'X_{enc.name}'].shape[1]} dimensions)")
@@ -119,20 +124,25 @@ def cmd_genes_embed(args: argparse.Namespace) -> None:
 
 def cmd_genes_audit(args: argparse.Namespace) -> None:
     from stguide.data import labelled_mask, read_dataset
+    from stguide.evaluate.audit import audit, umap_coords
     from stguide.genes import get_encoder
-    from stguide.genes.audit import audit, umap_figure, write_audit
     from stguide.progress import track
+    from stguide.report.figures import plot_umaps
+    from stguide.report.markdown import write_audit
 
     cfg = _gene_config(args)
+    encoders = [get_encoder(name, cfg) for name in args.encoders]  # names checked before the data is read
     a = read_dataset(args.data)
+    exclude = tuple(args.exclude_labels)
     reps = {}
-    for name in track(args.encoders, "fitting encoders for the audit"):
-        reps[name] = get_encoder(name, cfg).fit(a, batch_key="patient", labels_key="label", progress=False).transform(a)
-    labels = a.obs["label"].astype(object).where(labelled_mask(a), None).to_numpy()
+    for enc in track(encoders, "fitting encoders for the audit"):
+        reps[enc.name] = enc.fit(a, batch_key="patient", labels_key="label", exclude_labels=exclude, progress=False).transform(a)
+    labels = a.obs["label"].astype(object).where(labelled_mask(a, exclude), None).to_numpy()
+    patients = a.obs["patient"].astype(str).to_numpy()
     pre = get_encoder("pca", cfg).fit(a).transform(a)
-    table = audit(reps, a.obs["patient"].astype(str).to_numpy(), labels, x_pre=pre)
+    table = audit(reps, patients, labels, x_pre=pre)
     write_audit(table, args.out, _command())
-    umap_figure(reps, a.obs["patient"].astype(str).to_numpy(), labels, Path(args.out) / "umap.png")
+    plot_umaps({name: (umap_coords(x), patients, labels) for name, x in reps.items()}, Path(args.out) / "umap.png")
     print(table.round(3).to_string())
     print(f"\nwrote {Path(args.out) / 'audit.csv'}, audit.md and umap.png")
 
@@ -140,10 +150,14 @@ def cmd_genes_audit(args: argparse.Namespace) -> None:
 def cmd_genes_lopo(args: argparse.Namespace) -> None:
     from stguide.data import read_dataset
     from stguide.evaluate.genes_lopo import run_gene_lopo
+    from stguide.genes import encoder_class
     from stguide.report import write_report
 
     cfg = _gene_config(args)
-    res = run_gene_lopo(read_dataset(args.data), args.encoders, args.out, cfg, command=_command(), batch_key=args.batch_key)
+    for name in args.encoders:
+        encoder_class(name, "--encoders")  # before the data is read
+    res = run_gene_lopo(read_dataset(args.data), args.encoders, args.out, cfg, exclude_labels=tuple(args.exclude_labels),
+                        command=_command(), batch_key=args.batch_key)
     write_report(args.out)
     _table(res)
 
@@ -151,10 +165,12 @@ def cmd_genes_lopo(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import json
 
+    from stguide.config import load_yaml
     from stguide.contrastive import ContrastiveConfig, fit_image_encoder
     from stguide.data import read_dataset, write_dataset
     from stguide.data.patches import extract_patches
-    from stguide.genes import GeneEncoder
+    from stguide.errors import InputError
+    from stguide.genes import load_encoder
 
     over = {k: v for k, v in (("backbone", args.backbone), ("init", args.init), ("loss", args.loss), ("epochs", args.epochs),
                               ("batch_size", args.batch_size)) if v is not None}
@@ -162,21 +178,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         try:
             over["loss_kwargs"] = json.loads(args.loss_kwargs)
         except json.JSONDecodeError as e:
-            from stguide.errors import InputError
-
             raise InputError("--loss-kwargs", f"not valid JSON ({e})", 'write a JSON object, e.g. \'{"alpha": 0.5}\'') from None
-    cfg = ContrastiveConfig.from_dict({**_load_yaml(args.config, "contrastive"), **over})
-    from stguide.contrastive.encoders import check_image_encoder
-    from stguide.contrastive.losses import get_loss
-
-    check_image_encoder(cfg.backbone, cfg.init)  # fail before any slow step
-    get_loss(cfg.loss, **cfg.loss_kwargs)
+    doc = dict(load_yaml(args.config).get("contrastive") or {}) if args.config else {}
+    cfg = _from_file(ContrastiveConfig, {**doc, **over}, args.config)  # every name and option checked before any slow step
+    patches = _patch_config(args)
+    enc = load_encoder(args.genes)
     a = read_dataset(args.data)
-    enc = GeneEncoder.load(args.genes)
     out = Path(args.out)
-    store = extract_patches(a, args.size_um, args.out_px, args.patch_cache or out / "patches")
     train = ~a.obs["patient"].isin(args.exclude_patients or []).to_numpy()
-    _, _, emb = fit_image_encoder(cfg, a, store, enc, out, train_mask=train, resume=args.resume)
+    store = extract_patches(a, patches, args.patch_cache or out / "patches")
+    _, _, emb = fit_image_encoder(cfg, a, store, enc, out, train_mask=train, exclude_labels=tuple(args.exclude_labels),
+                                  resume=args.resume)
     write_dataset(emb, out / "embeddings.h5ad")
     print(f"wrote {out / 'checkpoints' / 'last.ckpt'} and {out / 'embeddings.h5ad'} (obsm X_image_backbone, X_image_head)")
 
@@ -189,7 +201,8 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
-    from stguide.evaluate.experiment import load_config, run_experiment
+    from stguide.evaluate.config import load_config
+    from stguide.evaluate.experiment import run_experiment
 
     cfg = load_config(args.config)
     results = run_experiment(cfg, args.out, progress=not args.no_progress, command=_command())
@@ -207,24 +220,43 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser. Defaults and allowed names come from the config dataclasses and the registries."""
+    from stguide.contrastive.config import ContrastiveConfig
+    from stguide.contrastive.encoders import INITS
+    from stguide.contrastive.losses import LOSSES
+    from stguide.data.model import EXCLUDED_LABELS, GENE_RULES
+    from stguide.data.patches import PatchConfig
+    from stguide.data.readers import READERS
+    from stguide.genes import ENCODERS
+
+    pc, cc = PatchConfig(), ContrastiveConfig()
+    encoders = list(ENCODERS)
     p = argparse.ArgumentParser(prog="stguide", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run the whole method on the embedded synthetic dataset (LOPO)")
+    def exclude_labels(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--exclude-labels", nargs="*", default=list(EXCLUDED_LABELS), metavar="LABEL",
+                        help=f"labels that do not count: never scored, never a probe's or scANVI's label (default {list(EXCLUDED_LABELS)})")
+
+    def patch_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--size-um", type=float, help=f"patch field of view in µm (default {pc.size_um:g})")
+        sp.add_argument("--out-px", type=int, help=f"patch side in pixels (default {pc.out_px})")
+
+    d = sub.add_parser("demo", help="run the whole method on the embedded synthetic dataset (LOPO); a preset of `stguide experiment`")
     d.add_argument("--out", default="stguide-demo", help="output folder (default: stguide-demo)")
-    d.add_argument("--quick", action="store_true", help="a smaller dataset and fewer epochs (under 2 minutes)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--quick", action="store_true", help="a smaller dataset and fewer epochs (about a minute)")
+    d.add_argument("--seed", type=int, default=0, help="the data, stage-1 and stage-2 seed (default 0)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     d.set_defaults(func=cmd_demo)
 
     x = sub.add_parser("experiment", help="the method matrix × leave-one-patient-out folds, with report.html/report.md")
     x.add_argument("config", help="an experiment YAML (see docs/configuration.md and experiments/*.yaml)")
     x.add_argument("--out", required=True, help="the run folder; re-running continues an interrupted run (cached cells)")
-    x.add_argument("--no-progress", action="store_true", help="no progress bars")
+    x.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     x.set_defaults(func=cmd_experiment)
 
     r = sub.add_parser("data", help="read a dataset into the stguide data model (.h5ad)")
-    r.add_argument("format", choices=["her2st", "hest", "visium", "anndata", "synthetic"])
+    r.add_argument("format", choices=sorted(READERS))
     r.add_argument("path", nargs="?", help="HER2ST root, HEST root, Visium outs/, or an .h5ad")
     r.add_argument("--out", required=True, help="the .h5ad to write")
     r.add_argument("--ids", nargs="*", help="HEST ids (default: all)")
@@ -235,27 +267,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--patient", help="Visium / AnnData: the patient")
     r.add_argument("--section", help="Visium / AnnData: the section name")
     r.add_argument("--label-key", help="AnnData: obs column of labels")
-    r.add_argument("--gene-rule", default="intersection", choices=["intersection", "union"])
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--gene-rule", choices=list(GENE_RULES), help=f"HER2ST / HEST: how sections' gene sets combine (default {GENE_RULES[0]})")
+    r.add_argument("--seed", type=int, help="synthetic: the generator's seed (default 0)")
     r.set_defaults(func=cmd_data)
 
     c = sub.add_parser("patches", help="cut patches by physical size into a cache")
     c.add_argument("data", help="a dataset .h5ad written by `stguide data`")
-    c.add_argument("--size-um", type=float, default=200.0)
-    c.add_argument("--out-px", type=int, default=224)
-    c.add_argument("--cache-dir", default="patches")
-    c.add_argument("--outside", default="pad", choices=["pad", "raise"])
-    c.add_argument("--stain-norm", default=None, choices=["macenko"])
+    patch_flags(c)
+    c.add_argument("--cache-dir", default="patches", help="the cache folder (default: patches)")
+    c.add_argument("--outside", choices=["pad", "raise"], help=f"a field of view leaving the image (default {pc.outside})")
+    c.add_argument("--stain-norm", choices=["macenko"], help="stain normalisation (default none)")
     c.set_defaults(func=cmd_patches)
 
     g = sub.add_parser("genes", help="stage 1: fit or apply a gene encoder").add_subparsers(dest="genes_command", required=True)
     gf = g.add_parser("fit", help="fit a gene encoder (patient as the batch) and save it")
     gf.add_argument("--data", required=True, help="a dataset .h5ad")
-    gf.add_argument("--encoder", default="scvi", help="logexpr, pca, harmony, scvi, scanvi or sysvi (default scvi)")
+    gf.add_argument("--encoder", default="scvi", choices=encoders, help="the gene encoder (default scvi)")
     gf.add_argument("--out", required=True, help="the encoder folder to write")
     gf.add_argument("--exclude-patients", nargs="*", help="patients to leave out of the fit (e.g. a held-out patient)")
-    gf.add_argument("--epochs", type=int, help="scVI epochs (default from the config)")
+    gf.add_argument("--epochs", type=int, help="scVI/scANVI/SysVI epochs, genes.scvi.max_epochs (default from the config)")
     gf.add_argument("--config", help="a YAML file with a 'genes:' section (see docs/configuration.md)")
+    exclude_labels(gf)
     gf.set_defaults(func=cmd_genes_fit)
     ge = g.add_parser("embed", help="write a fitted encoder's latent into obsm")
     ge.add_argument("--data", required=True)
@@ -265,35 +297,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     ga = g.add_parser("audit", help="scib-metrics batch/biology table and UMAPs of gene representations")
     ga.add_argument("--data", required=True)
-    ga.add_argument("--encoders", nargs="+", default=["logexpr", "pca", "harmony", "scvi", "scanvi", "sysvi"])
+    ga.add_argument("--encoders", nargs="+", default=encoders, help=f"gene encoders (default: all, {encoders})")
     ga.add_argument("--out", required=True, help="folder for audit.csv, audit.md, umap.png")
     ga.add_argument("--epochs", type=int, help="scVI/scANVI/SysVI epochs")
     ga.add_argument("--config", help="a YAML file with a 'genes:' section")
+    exclude_labels(ga)
     ga.set_defaults(func=cmd_genes_audit)
     gl = g.add_parser("lopo", help="gene-side LOPO: probes on each representation predict a held-out patient's labels")
     gl.add_argument("--data", required=True)
-    gl.add_argument("--encoders", nargs="+", default=["logexpr", "pca", "harmony", "scvi", "scanvi", "sysvi"])
+    gl.add_argument("--encoders", nargs="+", default=encoders, help=f"gene encoders (default: all, {encoders})")
     gl.add_argument("--out", required=True)
     gl.add_argument("--epochs", type=int)
     gl.add_argument("--config", help="a YAML file with a 'genes:' section")
     gl.add_argument("--batch-key", default="patient", choices=["patient", "section"],
                     help="the batch the encoders correct for (default patient); folds always hold out whole patients")
+    exclude_labels(gl)
     gl.set_defaults(func=cmd_genes_lopo)
 
     t = sub.add_parser("train", help="stage 2: train an image encoder against a fitted gene encoder")
     t.add_argument("--data", required=True, help="a dataset .h5ad")
-    t.add_argument("--genes", required=True, help="an encoder folder from `stguide genes fit`")
+    t.add_argument("--genes", required=True, help="an encoder folder from `stguide genes fit`; refused when fitted on an --exclude-patients patient")
     t.add_argument("--out", required=True, help="output folder (checkpoints, logs, embeddings.h5ad)")
-    t.add_argument("--backbone", help="a timm model name (default resnet18)")
-    t.add_argument("--init", help="none, imagenet, effnet-lite0 or file:PATH")
-    t.add_argument("--loss", help="clip, bleep, gene-soft, inter-soft or supcon")
+    t.add_argument("--backbone", help=f"a timm model name or hf-hub:ORG/REPO (default {cc.backbone})")
+    t.add_argument("--init", help=f"weights: one of {list(INITS)} (default {cc.init})")
+    t.add_argument("--loss", help=f"one of {sorted(LOSSES)} (default {cc.loss})")
     t.add_argument("--loss-kwargs", help='JSON options of the loss, e.g. \'{"alpha": 0.5}\'')
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--size-um", type=float, default=200.0, help="patch field of view in µm (default 200)")
-    t.add_argument("--out-px", type=int, default=224, help="patch size in pixels (default 224)")
+    t.add_argument("--epochs", type=int, help=f"default {cc.epochs}")
+    t.add_argument("--batch-size", type=int, help=f"default {cc.batch_size}")
+    patch_flags(t)
     t.add_argument("--patch-cache", help="patch cache folder (default OUT/patches)")
-    t.add_argument("--exclude-patients", nargs="*", help="patients never trained on")
+    t.add_argument("--exclude-patients", nargs="*", help="patients never trained on (the ones the image encoder will be judged on)")
+    exclude_labels(t)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     t.add_argument("--config", help="a YAML file with a 'contrastive:' section")
     t.set_defaults(func=cmd_train)

@@ -52,7 +52,7 @@ class EpochSampler(Sampler[int]):
     """A shuffle whose order depends only on (seed, epoch), so a resumed run sees the batches an uninterrupted run
     would. Lightning calls ``set_epoch`` before every epoch."""
 
-    def __init__(self, n: int, seed: int = 0, dataset: "PairDataset | None" = None) -> None:
+    def __init__(self, n: int, seed: int = 0, dataset: PairDataset | None = None) -> None:
         self.n, self.seed, self.epoch, self.dataset = n, seed, 0, dataset
 
     def set_epoch(self, epoch: int) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from stguide.config import ConfigError
 from stguide.errors import InputError
 
 INITS = ("none", "imagenet", "effnet-lite0", "file:PATH")
@@ -35,9 +36,9 @@ def _load_in_order(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -
     own = model.state_dict()
     src = list(sd.values())
     keys = list(own)
-    if len(src) != len(keys) or any(a.shape != own[k].shape for a, k in zip(src, keys)):
+    if len(src) != len(keys) or any(a.shape != own[k].shape for a, k in zip(src, keys, strict=True)):
         raise InputError(source, "the weights do not fit the backbone (tensor count or shapes differ)", f"use {EFFNET_LITE0} with these weights")
-    model.load_state_dict(dict(zip(keys, src)))
+    model.load_state_dict(dict(zip(keys, src, strict=True)))
 
 
 def _load_file(model: nn.Module, path: Path, name: str) -> None:
@@ -51,7 +52,8 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickled code or a corrupt file: never unpickle arbitrary objects
-        raise InputError(path, f"cannot be loaded as plain weights ({type(e).__name__}: {str(e)[:200]})", "save a state_dict of tensors (torch.save(model.state_dict())) or a .safetensors file") from None
+        raise InputError(path, f"cannot be loaded as plain weights ({type(e).__name__}: {str(e)[:200]})",
+                         "save a state_dict of tensors (torch.save(model.state_dict())) or a .safetensors file") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     own = model.state_dict()
@@ -65,16 +67,17 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
 
 
 def check_image_encoder(name: str, init: str = "none") -> None:
-    """Validate a backbone name and weight source without building anything (for up-front config checks)."""
+    """Validate a backbone name and weight source without building anything (for up-front config checks);
+    :class:`~stguide.config.ConfigError` at ``init`` or ``backbone``."""
     import timm
 
-    if init not in ("none", "imagenet", "effnet-lite0") and not init.startswith("file:"):
-        raise InputError("config:init", f"unknown initialisation {init!r}", f"use one of {list(INITS)}")
+    if init not in ("none", "imagenet", "effnet-lite0") and not (init.startswith("file:") and len(init) > 5):
+        raise ConfigError("init", f"unknown initialisation {init!r}", f"use one of {list(INITS)}")
     if init == "effnet-lite0" and name != EFFNET_LITE0:
-        raise InputError("config:init", f"effnet-lite0 weights fit {EFFNET_LITE0}, not {name!r}", f"set backbone: {EFFNET_LITE0}")
+        raise ConfigError("init", f"effnet-lite0 weights fit {EFFNET_LITE0}, not {name!r}", f"set backbone: {EFFNET_LITE0}")
     if not name.startswith("hf-hub:") and not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise InputError("config:backbone", f"unknown backbone {name!r}", f"use a timm model name, e.g. {close or ['resnet18', 'resnet50']}")
+        raise ConfigError("backbone", f"unknown backbone {name!r}", f"use a timm model name, e.g. {close or ['resnet18', 'resnet50']}")
 
 
 def build_image_encoder(

@@ -14,11 +14,14 @@ Embeddings are L2-normalised by the caller. Logits are ``logit_scale * U Vᵀ`` 
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from stguide.config import ConfigError, check_name
 
 
 def gather(t: Tensor, with_grad: bool = True) -> Tensor:
@@ -26,7 +29,9 @@ def gather(t: Tensor, with_grad: bool = True) -> Tensor:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
         return t
     if with_grad:
-        return torch.cat(torch.distributed.nn.functional.all_gather(t), dim=0)
+        from torch.distributed.nn.functional import all_gather  # differentiable; imported only when distributed
+
+        return torch.cat(all_gather(t), dim=0)
     out = [torch.zeros_like(t) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(out, t.contiguous())
     return torch.cat(out, dim=0)
@@ -133,12 +138,17 @@ LOSSES: dict[str, type[ContrastiveLoss]] = {c.name: c for c in (ClipLoss, BleepL
 
 
 def get_loss(name: str, **kwargs: Any) -> ContrastiveLoss:
-    """A loss by name (``LOSSES``), with its keyword options."""
-    from stguide.errors import InputError
-
-    if name not in LOSSES:
-        raise InputError("config:loss", f"unknown loss {name!r}", f"use one of {sorted(LOSSES)}")
+    """A loss by name (``LOSSES``), with its keyword options; :class:`~stguide.config.ConfigError` (an
+    ``InputError``) at ``loss`` or ``loss_kwargs`` when the name is unknown or an option is unknown or out of range."""
+    check_name("loss", name, LOSSES, "loss")
     try:
         return LOSSES[name](**kwargs)
-    except TypeError as e:
-        raise InputError("config:loss_kwargs", f"bad options for loss {name!r}: {e}", "see docs/configuration.md for each loss's options") from None
+    except (TypeError, ValueError) as e:
+        params = [p.name for p in inspect.signature(LOSSES[name]).parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
+        raise ConfigError("loss_kwargs", f"bad options for loss {name!r}: {e}",
+                          f"{name} takes {params or 'no options'} (docs/configuration.md)") from None
+
+
+def check_loss(name: str, kwargs: dict[str, Any]) -> None:
+    """Validate a loss name and its options (by building it once)."""
+    get_loss(name, **kwargs)

@@ -4,64 +4,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from stguide.config import FromDict
 from stguide.contrastive.augment import Augment
+from stguide.contrastive.config import ContrastiveConfig
 from stguide.contrastive.data import EpochSampler, ImageDataset, PairDataset
 from stguide.contrastive.encoders import build_image_encoder
 from stguide.contrastive.losses import get_loss
 from stguide.contrastive.module import ContrastiveModule
 from stguide.data.patches import PatchStore
-
-
-@dataclass(frozen=True)
-class ContrastiveConfig(FromDict):
-    """Stage-2 settings (documented in docs/configuration.md).
-
-    ``backbone`` (timm name), ``init`` (none / imagenet / effnet-lite0 / file:PATH), ``embed_dim`` and
-    ``dropout`` of both projection heads, ``loss`` and ``loss_kwargs`` (e.g. ``{alpha: 0.5}`` for inter-soft),
-    ``temperature`` (initial τ) and ``learn_temperature``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``
-    (AdamW, cosine schedule), ``augment`` (flips, 90° rotations, HED jitter, resized crop), ``freeze_backbone``
-    (train the heads only), ``val_fraction`` (training spots held back for early stopping; 0 = none),
-    ``patience`` (early-stopping epochs), ``num_workers``, ``precision`` (``auto``: bf16-mixed on GPU, 32 on
-    CPU), ``seed``, ``finetune_gene_encoder`` (train a copy of the scVI/scANVI encoder on counts instead of
-    freezing it; off by default), ``supcon_labels`` (``label``: the training labels; ``scanvi``: scANVI's
-    predictions), ``trainer_kwargs`` (passed to ``lightning.Trainer``).
-    """
-
-    section: ClassVar[str] = "contrastive"
-
-    backbone: str = "resnet18"
-    init: str = "none"
-    embed_dim: int = 128
-    dropout: float = 0.1
-    loss: str = "clip"
-    loss_kwargs: dict = field(default_factory=dict)
-    temperature: float = 0.07
-    learn_temperature: bool = True
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
-    augment: bool = True
-    freeze_backbone: bool = False
-    val_fraction: float = 0.0
-    patience: int = 3
-    num_workers: int = 0
-    precision: str = "auto"
-    seed: int = 0
-    finetune_gene_encoder: bool = False
-    supcon_labels: str = "label"
-    trainer_kwargs: dict = field(default_factory=dict)
-
+from stguide.progress import training_progress
 
 
 @contextlib.contextmanager
@@ -80,7 +38,7 @@ def _quiet_lightning():
         try:
             yield
         finally:
-            for lg, lv in zip(loggers, old):
+            for lg, lv in zip(loggers, old, strict=True):
                 lg.setLevel(lv)
 
 
@@ -159,8 +117,10 @@ def train_contrastive(
         callbacks.append(EarlyStopping("val_loss", patience=cfg.patience))
     gpu = torch.cuda.is_available()
     precision = ("bf16-mixed" if gpu else "32-true") if cfg.precision == "auto" else cfg.precision
+    shown = training_progress(progress, f"contrastive {cfg.loss} ({len(tr)} spots)", cfg.epochs)
+    callbacks += shown.pop("callbacks", [])
     kw = dict(max_epochs=cfg.epochs, accelerator="gpu" if gpu else "cpu", devices=1, precision=precision,
-              deterministic=not gpu, callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
+              deterministic=not gpu, callbacks=callbacks, enable_model_summary=False, **shown,
               logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tb", version="")],
               log_every_n_steps=1, num_sanity_val_steps=0)
     kw.update(cfg.trainer_kwargs)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import anndata as ad
 import numpy as np
 
-from stguide.data.model import labelled_mask
+from stguide.data.model import EXCLUDED_LABELS, labelled_mask
 from stguide.errors import InputError, LeakageError
 
 
@@ -33,7 +33,7 @@ class Fold:
 def lopo_folds(
     adata: ad.AnnData,
     patients: Sequence[str] | None = None,
-    exclude_labels: Sequence[str] = ("undetermined",),
+    exclude_labels: Sequence[str] = EXCLUDED_LABELS,
     by: str = "patient",
 ) -> list[Fold]:
     """One fold per patient with at least one labelled spot (or per patient in ``patients``); ``by="section"``:
@@ -69,15 +69,22 @@ def lopo_folds(
     return [Fold(p, pat != p, pat == p, (p,)) for p in chosen]
 
 
+def refuse_leak(seen: Sequence[str], held_out: Sequence[str], what: str, where: str, detail: str = "",
+                fix: str = "Hold out whole patients (fold_by: patient).") -> None:
+    """Raise :class:`LeakageError` when a fit that saw the patients ``seen`` would be scored on one of ``held_out``
+    (the one check behind every leakage refusal)."""
+    leaked = sorted(set(map(str, held_out)) & set(map(str, seen)))
+    if leaked:
+        raise LeakageError(f"leakage: {what} of {where} would be fitted on held-out patient(s) {leaked}{detail}; "
+                           f"refusing to fit or score it. {fix}")
+
+
 def assert_no_leak(adata: ad.AnnData, fold: Fold, mask: np.ndarray, what: str) -> dict:
     """The audit record of one fit (patients and number of spots it sees); raises :class:`LeakageError` if that
     includes a held-out patient."""
     pat = adata.obs["patient"].astype(str).to_numpy()
     seen = sorted(set(pat[mask]))
     held = set(fold.patients or (fold.held_out,)) | set(pat[fold.test])
-    leaked = sorted(held & set(seen))
-    if leaked:
-        raise LeakageError(f"leakage: {what} of fold {fold.held_out!r} would be fitted on held-out patient(s) {leaked} "
-                           f"({int((mask & np.isin(pat, leaked)).sum())} of their spots); refusing to fit or score this fold. "
-                           "Hold out whole patients (fold_by: patient).")
+    n = int((mask & np.isin(pat, sorted(held))).sum())
+    refuse_leak(seen, sorted(held), what, f"fold {fold.held_out!r}", f" ({n} of their spots)")
     return {"patients": seen, "n_spots": int(mask.sum())}

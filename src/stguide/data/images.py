@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -85,7 +86,7 @@ class Level:
     scale: float  # full-resolution pixels per level pixel
     full_size: tuple[int, int]
     array: np.ndarray | None = None
-    slide: object | None = None
+    slide: Any = None  # an openslide.OpenSlide, when read on demand
     slide_level: int = 0
 
     @property
@@ -99,7 +100,7 @@ class Level:
         """Level pixels [y0:y1, x0:x1], already clipped to the level."""
         if self.array is not None:
             return self.array[y0:y1, x0:x1]
-        region = self.slide.read_region(  # type: ignore[union-attr]
+        region = self.slide.read_region(
             (int(x0 * self.scale), int(y0 * self.scale)), self.slide_level, (x1 - x0, y1 - y0)
         )
         rgba = np.asarray(region)
@@ -131,7 +132,7 @@ class Level:
 
     def close(self) -> None:
         if self.slide is not None:
-            self.slide.close()  # type: ignore[union-attr]
+            self.slide.close()
 
 
 def _pillow_level(path: Path, downsample: float) -> Level:
@@ -159,7 +160,7 @@ def _tiff_level(path: Path, downsample: float) -> Level:
                 best, best_ds = lvl, ds
         page = best.keyframe if hasattr(best, "keyframe") else best.pages[0]
         factor = int(downsample / best_ds)
-        if factor >= 2 and page.is_tiled and best.axes.startswith("YX"):
+        if factor >= 2 and getattr(page, "is_tiled", False) and best.axes.startswith("YX"):
             arr = _stream_reduce(best, factor)
             return Level(path, full[0] / arr.shape[1], full, array=arr)
         arr = best.asarray()
@@ -183,7 +184,7 @@ def _stream_reduce(level, factor: int) -> np.ndarray:
     import zarr
 
     store = level.aszarr()
-    z = zarr.open(store, mode="r")
+    z = zarr.open_array(store, mode="r")
     h, w = z.shape[0], z.shape[1]
     tile_h = level.keyframe.tilelength
     strip = tile_h * factor
@@ -212,7 +213,21 @@ def open_level(path: str | PathLike, downsample: float = 1.0) -> Level:
 
             slide = openslide.OpenSlide(str(path))
             lvl = slide.get_best_level_for_downsample(max(downsample, 1.0))
-            return Level(path, float(slide.level_downsamples[lvl]), tuple(slide.dimensions), slide=slide, slide_level=lvl)
+            w, h = slide.dimensions
+            return Level(path, float(slide.level_downsamples[lvl]), (int(w), int(h)), slide=slide, slide_level=lvl)
         if kind == "tiff":
             return _tiff_level(path, downsample)
         return _pillow_level(path, downsample)
+
+
+def thumbnail(path: str | PathLike, width: int, height: int, max_px: int) -> tuple[np.ndarray, float]:
+    """A ``max_px`` × ``max_px`` thumbnail of a ``width`` × ``height`` image whose top-left corner is the image's
+    (padded with white on the right or bottom when the image is not square), and its scale: thumbnail pixels per
+    full-resolution pixel (scanpy's ``tissue_*_scalef``)."""
+    side = max(width, height)
+    level = open_level(path, downsample=side / max_px)
+    try:
+        thumb, _ = level.cut(side / 2, side / 2, side / 2, max_px)
+    finally:
+        level.close()
+    return thumb, max_px / side

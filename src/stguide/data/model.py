@@ -7,6 +7,9 @@
 * ``uns["sections"][section]``: ``image`` (path, ``""`` when none), ``has_image``, ``um_per_px``,
   ``spot_diameter_um``, ``patient``, and the image size when known.
 * ``uns["genes"]``: the rule that combined the sections' gene sets and how many genes it dropped.
+* ``obsm["spatial"]``: ``x_px``, ``y_px`` as an array, and (written by :func:`write_dataset`) ``uns["spatial"]``:
+  one library per section with a low-resolution image and its scale factor, the layout scanpy's ``pl.spatial``
+  and squidpy read, so a dataset opens in both as is (``library_id`` = the section).
 """
 from __future__ import annotations
 
@@ -33,7 +36,12 @@ HER2ST_CLASSES: tuple[str, ...] = (
 )
 """The pathologist classes of HER2ST (Andersson et al. 2021), the default vocabulary of labels."""
 
+EXCLUDED_LABELS: tuple[str, ...] = ("undetermined",)
+"""Labels that do not count (the default of every ``exclude_labels``): never scored, never a probe's or scANVI's
+training label."""
+
 LABEL_SOURCES: tuple[str, ...] = ("pathologist", "proxy", "synthetic")
+SPATIAL_IMAGE_PX = 600  # longer side of the per-section image stored in uns["spatial"]
 UM_PER_PX_RANGE: tuple[float, float] = (0.1, 10.0)
 GENE_RULES: tuple[str, ...] = ("intersection", "union")
 
@@ -54,6 +62,12 @@ class SectionInfo:
     def has_image(self) -> bool:
         return bool(self.image)
 
+    def imaging(self) -> tuple[str, float]:
+        """The image path and its µm/px (readers check µm/px whenever they set an image)."""
+        if not self.image or self.um_per_px is None:
+            raise InputError(self.section, "the section has no image with a known µm per pixel", "give it an H&E image and its um_per_px")
+        return self.image, self.um_per_px
+
     def to_uns(self) -> dict:
         d = asdict(self)
         d["image"] = d["image"] or ""
@@ -62,7 +76,7 @@ class SectionInfo:
         return d
 
     @classmethod
-    def from_uns(cls, d: Mapping) -> "SectionInfo":
+    def from_uns(cls, d: Mapping) -> SectionInfo:
         um = float(d["um_per_px"])
         return cls(
             section=str(d["section"]),
@@ -146,25 +160,25 @@ def make_section(
     info: SectionInfo,
     x_px: np.ndarray,
     y_px: np.ndarray,
-    labels: Sequence | None = None,
-    label_source: str | Sequence | None = None,
+    labels: Sequence | np.ndarray | None = None,
+    label_source: str | Sequence | np.ndarray | None = None,
     file: str | PathLike,
     classes: Sequence[str] | None = HER2ST_CLASSES,
 ) -> ad.AnnData:
     """Build one section in the data model, validating counts, spot ids, genes, labels and positions."""
-    spots = pd.Index([str(s) for s in spots])
-    if len(spots) == 0:
+    ids = pd.Index([str(s) for s in spots])
+    if len(ids) == 0:
         raise InputError(file, "the section has 0 spots", "remove the empty section or export its spots")
-    if spots.has_duplicates:
-        dup = spots[spots.duplicated()].unique()[:5].tolist()
+    if ids.has_duplicates:
+        dup = ids[ids.duplicated()].unique()[:5].tolist()
         raise InputError(file, f"duplicate spot ids {dup}", "make the spot ids (barcodes) unique within the section")
     gidx = pd.Index([str(g) for g in genes])
     if gidx.has_duplicates:
         dup = gidx[gidx.duplicated()].unique()[:5].tolist()
         raise InputError(file, f"duplicate gene names {dup}", "make gene names unique (e.g. append '-1', '-2')")
     x = check_counts(counts, file)
-    if x.shape != (len(spots), len(gidx)):
-        raise InputError(file, f"counts are {x.shape} but there are {len(spots)} spots and {len(gidx)} genes", "check the export")
+    if x.shape != (len(ids), len(gidx)):
+        raise InputError(file, f"counts are {x.shape} but there are {len(ids)} spots and {len(gidx)} genes", "check the export")
     x_px = np.asarray(x_px, dtype=float)
     y_px = np.asarray(y_px, dtype=float)
     if info.has_image and not (np.isfinite(x_px).all() and np.isfinite(y_px).all()):
@@ -172,21 +186,21 @@ def make_section(
     if info.has_image and info.image_width and info.image_height:
         out = (x_px < 0) | (y_px < 0) | (x_px >= info.image_width) | (y_px >= info.image_height)
         if out.any():
-            ex = spots[out][:5].tolist()
+            ex = ids[out][:5].tolist()
             raise InputError(
                 file,
                 f"{int(out.sum())} spot centre(s) lie outside the {info.image_width}×{info.image_height} px image "
                 f"{info.image} (e.g. {ex})",
                 "check that the positions are in full-resolution pixels of this image (not a downscaled one) and x/y are not swapped",
             )
-    obs = pd.DataFrame(index=pd.Index([f"{info.section}_{s}" for s in spots], name="obs_id"))
+    obs = pd.DataFrame(index=pd.Index([f"{info.section}_{s}" for s in ids], name="obs_id"))
     obs["patient"] = info.patient
     obs["section"] = info.section
-    obs["spot"] = spots.to_numpy()
-    lab = normalise_labels(labels if labels is not None else [np.nan] * len(spots), file, classes)
+    obs["spot"] = ids.to_numpy()
+    lab = normalise_labels(list(labels) if labels is not None else [np.nan] * len(ids), file, classes)
     obs["label"] = lab.to_numpy()
     if isinstance(label_source, str) or label_source is None:
-        src = pd.Series([label_source] * len(spots), dtype=object)
+        src = pd.Series([label_source] * len(ids), dtype=object)
     else:
         src = pd.Series(list(label_source), dtype=object)
     obs["label_source"] = src.where(lab.notna().to_numpy(), np.nan).to_numpy()
@@ -223,7 +237,8 @@ def combine_sections(
         inter = inter.intersection(g, sort=False)
     if rule == "intersection":
         if len(inter) == 0:
-            raise InputError(source, "the sections share no gene (empty intersection)", "check gene naming (symbols vs Ensembl ids) across sections, or use gene_rule='union'")
+            raise InputError(source, "the sections share no gene (empty intersection)",
+                             "check gene naming (symbols vs Ensembl ids) across sections, or use gene_rule='union'")
         keep = inter
         parts = [s[:, keep].copy() for s in sections]
     else:
@@ -240,13 +255,13 @@ def combine_sections(
             parts.append(full[:, keep].copy())
     out = ad.concat(parts, axis=0, merge="same")
     out.X = sp.csr_matrix(out.X, dtype=np.int32)
-    out.uns["sections"] = {n: dict(s.uns["sections"][n]) for n, s in zip(names, sections)}
+    out.uns["sections"] = {n: dict(s.uns["sections"][n]) for n, s in zip(names, sections, strict=True)}
     out.uns["genes"] = {
         "rule": rule,
         "n_union": int(len(union)),
         "n_kept": int(len(keep)),
         "n_dropped": int(len(union) - len(keep)),
-        "dropped_per_section": {n: int(len(g) - len(g.intersection(keep))) for n, g in zip(names, gene_sets)},
+        "dropped_per_section": {n: int(len(g) - len(g.intersection(keep))) for n, g in zip(names, gene_sets, strict=True)},
     }
     return finalise(out, classes)
 
@@ -262,7 +277,32 @@ def finalise(adata: ad.AnnData, classes: Sequence[str] | None = HER2ST_CLASSES) 
     if adata.obs_names.has_duplicates:
         dup = adata.obs_names[adata.obs_names.duplicated()][:5].tolist()
         raise InputError("<dataset>", f"duplicate spot ids {dup}", "make spot ids unique within each section")
+    set_spatial(adata)
     return adata
+
+
+def set_spatial(adata: ad.AnnData) -> None:
+    """``obsm["spatial"]``: the spot centres (``x_px``, ``y_px``, full-resolution pixels), as scanpy expects."""
+    adata.obsm["spatial"] = adata.obs[["x_px", "y_px"]].to_numpy(dtype=np.float64)
+
+
+def add_spatial_images(adata: ad.AnnData, max_px: int = SPATIAL_IMAGE_PX) -> None:
+    """``uns["spatial"][section]``: a ``lowres`` image of each section with an image (``max_px`` on its longer
+    side), ``tissue_lowres_scalef`` and ``spot_diameter_fullres``, the layout of Space Ranger data in scanpy.
+    Sections already present are kept."""
+    from stguide.data.images import thumbnail
+
+    spatial = dict(adata.uns.get("spatial", {}))
+    for name, d in adata.uns["sections"].items():
+        info = SectionInfo.from_uns(d)
+        if name in spatial or not info.has_image or not info.image_width or info.um_per_px is None:
+            continue
+        image, um_per_px = info.imaging()
+        img, scale = thumbnail(image, info.image_width, info.image_height, min(max_px, max(info.image_width, info.image_height)))
+        spatial[name] = {"images": {"lowres": img},
+                         "scalefactors": {"tissue_lowres_scalef": scale, "spot_diameter_fullres": info.spot_diameter_um / um_per_px},
+                         "metadata": {"source_image_path": image}}
+    adata.uns["spatial"] = spatial
 
 
 def validate_dataset(adata: ad.AnnData, file: str | PathLike = "<dataset>") -> ad.AnnData:
@@ -277,10 +317,12 @@ def validate_dataset(adata: ad.AnnData, file: str | PathLike = "<dataset>") -> a
     if absent:
         raise InputError(file, f"sections {absent} have no entry in uns['sections']", "load the data with a stguide reader")
     check_counts(adata.X, file)
+    if "spatial" not in adata.obsm:  # datasets written before obsm["spatial"] was part of the data model
+        set_spatial(adata)
     return adata
 
 
-def labelled_mask(adata: ad.AnnData, exclude: Sequence[str] = ("undetermined",)) -> np.ndarray:
+def labelled_mask(adata: ad.AnnData, exclude: Sequence[str] = EXCLUDED_LABELS) -> np.ndarray:
     """Spots with a label that is not in ``exclude``."""
     lab = adata.obs["label"]
     return (lab.notna() & ~lab.isin(list(exclude))).to_numpy()
@@ -299,9 +341,28 @@ def read_dataset(path: str | PathLike) -> ad.AnnData:
 
 
 def write_dataset(adata: ad.AnnData, path: str | PathLike) -> Path:
-    """Write a dataset atomically as h5ad."""
+    """Write a dataset atomically as h5ad, with ``obsm["spatial"]`` and the per-section images of
+    ``uns["spatial"]`` (added to ``adata`` when missing), so scanpy and squidpy open it as is."""
     from stguide.io import atomic_path
 
+    set_spatial(adata)
+    add_spatial_images(adata)
     with atomic_path(path, suffix=".h5ad") as tmp:
         adata.write_h5ad(tmp)
     return Path(path)
+
+
+def dataset_summary(adata: ad.AnnData) -> dict:
+    """What was read: patients, sections, spots, labelled spots per patient and label source, genes kept/dropped."""
+    obs = adata.obs
+    return {
+        "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars),
+        "patients": sorted(map(str, obs["patient"].unique())),
+        "sections": {s: {"patient": str(v["patient"]), "has_image": bool(v["has_image"]), "um_per_px": float(v["um_per_px"])}
+                     for s, v in adata.uns["sections"].items()},
+        "labelled_per_patient": {str(p): int(n) for p, n in obs.groupby("patient", observed=True)["label"].count().items()},
+        "label_sources": {str(k): int(v) for k, v in obs["label_source"].value_counts().items()},
+        "classes": [str(c) for c in obs["label"].cat.categories],
+        "genes": dict(adata.uns.get("genes", {})),
+        "source": dict(adata.uns.get("source", {})),
+    }

@@ -11,10 +11,12 @@ import json
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import anndata as ad
 import numpy as np
 
+from stguide.config import ConfigError, FromDict
 from stguide.data.images import open_level
 from stguide.data.model import section_info
 from stguide.data.stain import apply_macenko, fit_macenko
@@ -23,12 +25,11 @@ from stguide.io import atomic_path, file_digest, fingerprint, write_json_atomic
 from stguide.progress import track
 
 CACHE_VERSION = 1
-OUTSIDE_POLICIES = ("pad", "raise")
 
 
 @dataclass(frozen=True)
-class PatchConfig:
-    """How patches are cut.
+class PatchConfig(FromDict):
+    """How patches are cut (the one definition; YAML section ``patches:``, CLI ``--size-um`` / ``--out-px``).
 
     ``size_um``: side of the square field of view in µm (default 200, the HER2ST grid pitch, so neighbouring
     patches touch without overlap; a free choice, since the paper's is unpublished). ``out_px``: side in pixels
@@ -36,18 +37,19 @@ class PatchConfig:
     field of view leaves the image. ``stain_norm``: ``None`` or ``"macenko"`` (fitted per section).
     """
 
+    section: ClassVar[str] = "patches"
+
     size_um: float = 200.0
     out_px: int = 224
-    outside: str = "pad"
-    stain_norm: str | None = None
+    outside: Literal["pad", "raise"] = "pad"
+    stain_norm: Literal["macenko"] | None = None
 
     def __post_init__(self) -> None:
-        if self.outside not in OUTSIDE_POLICIES:
-            raise InputError("config:patches.outside", f"unknown policy {self.outside!r}", f"use one of {list(OUTSIDE_POLICIES)}")
-        if self.stain_norm not in (None, "macenko"):
-            raise InputError("config:patches.stain_norm", f"unknown stain normalisation {self.stain_norm!r}", "use null or 'macenko'")
-        if not self.size_um > 0 or int(self.out_px) < 8:
-            raise InputError("config:patches", "size_um must be > 0 and out_px ≥ 8", "fix the patch settings")
+        object.__setattr__(self, "size_um", float(self.size_um))  # 200 and 200.0 are one setting (and one cache)
+        if not self.size_um > 0:
+            raise ConfigError("size_um", f"the field of view must be positive, got {self.size_um}", "give size_um in µm, e.g. 200")
+        if self.out_px < 8:
+            raise ConfigError("out_px", f"patches of {self.out_px} px are too small", "use out_px of at least 8")
 
 
 class PatchStore:
@@ -72,7 +74,8 @@ class PatchStore:
         try:
             return np.array([self._index[n] for n in obs_names], dtype=np.int64)
         except KeyError as e:
-            raise InputError(self.path, f"spot {e.args[0]!r} has no patch in this cache", "extract patches for this dataset (its section may lack an image)") from None
+            raise InputError(self.path, f"spot {e.args[0]!r} has no patch in this cache",
+                             "extract patches for this dataset (its section may lack an image)") from None
 
     def take(self, obs_names) -> np.ndarray:
         return np.asarray(self.images[self.indices(obs_names)])
@@ -87,18 +90,15 @@ def _fingerprint(adata: ad.AnnData, cfg: PatchConfig, sections: list[str]) -> st
         list(map(str, adata.obs_names)),
         obs["x_px"].to_numpy(float),
         obs["y_px"].to_numpy(float),
-        {s: [file_digest(i.image), i.um_per_px] for s, i in infos.items()},
+        {s: [file_digest(i.imaging()[0]), i.imaging()[1]] for s, i in infos.items()},
     )
 
 
 def extract_patches(
     adata: ad.AnnData,
-    size_um: float = 200.0,
-    out_px: int = 224,
+    cfg: PatchConfig = PatchConfig(),
     cache_dir: str | PathLike = "patches",
     *,
-    outside: str = "pad",
-    stain_norm: str | None = None,
     progress: bool = True,
 ) -> PatchStore:
     """Cut every spot of every section that has an image at the same physical field of view.
@@ -110,7 +110,6 @@ def extract_patches(
     Returns the :class:`PatchStore`. Raises :class:`InputError` when a field of view leaves its image and
     ``outside="raise"``, or when an image is missing or unreadable; nothing is left behind then.
     """
-    cfg = PatchConfig(float(size_um), int(out_px), outside, stain_norm)
     sections = [s for s in adata.obs["section"].cat.categories if section_info(adata, s).has_image]
     skipped = [s for s in adata.obs["section"].cat.categories if s not in sections]
     fp = _fingerprint(adata, cfg, sections)
@@ -129,8 +128,9 @@ def extract_patches(
         arr = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(len(rows), cfg.out_px, cfg.out_px, 3))
         for s in track(sections, f"cutting {cfg.size_um:g} µm patches", enabled=progress):
             info = section_info(adata, s)
-            half_px = cfg.size_um / info.um_per_px / 2
-            level = open_level(info.image, downsample=(2 * half_px) / cfg.out_px)
+            image, um_per_px = info.imaging()
+            half_px = cfg.size_um / um_per_px / 2
+            level = open_level(image, downsample=(2 * half_px) / cfg.out_px)
             try:
                 sel = np.flatnonzero(sec_col[rows] == s)
                 xs = adata.obs["x_px"].to_numpy(float)[rows[sel]]
@@ -138,20 +138,23 @@ def extract_patches(
                 w, h = level.full_size
                 off = (xs < 0) | (ys < 0) | (xs >= w) | (ys >= h)
                 if off.any():
-                    raise InputError(info.image, f"{int(off.sum())} spot centre(s) of section {s} lie outside the {w}×{h} px image (e.g. {names[sel][off][:3].tolist()})",
+                    raise InputError(image,
+                                     f"{int(off.sum())} spot centre(s) of section {s} lie outside the {w}×{h} px image (e.g. {names[sel][off][:3].tolist()})",
                                      "check that positions are full-resolution pixels of this image")
-                for j, x, y in zip(sel, xs, ys):
+                for j, x, y in zip(sel, xs, ys, strict=True):
                     arr[j], outside_frac[j] = level.cut(x, y, half_px, cfg.out_px)
                 bad = outside_frac[sel] > 0
                 if bad.any() and cfg.outside == "raise":
-                    raise InputError(info.image, f"the {cfg.size_um:g} µm field of view of {int(bad.sum())} spot(s) of section {s} leaves the image (e.g. {names[sel][bad][:3].tolist()})",
+                    raise InputError(image,
+                                     f"the {cfg.size_um:g} µm field of view of {int(bad.sum())} spot(s) of section {s} leaves the image "
+                                     f"(e.g. {names[sel][bad][:3].tolist()})",
                                      "use outside='pad' to pad them with white (they are flagged), or a smaller size_um")
                 if cfg.stain_norm == "macenko":
                     he, max_c = fit_macenko(np.asarray(arr[sel]))
                     for j in sel:
                         arr[j] = apply_macenko(np.asarray(arr[j]), he, max_c)
                     per_section[s] = {"stain_matrix": he.tolist(), "max_conc": max_c.tolist()}
-                per_section.setdefault(s, {})["um_per_px"] = info.um_per_px
+                per_section.setdefault(s, {})["um_per_px"] = um_per_px
                 per_section[s]["read_scale"] = level.scale
             finally:
                 level.close()

@@ -62,7 +62,6 @@ class SyntheticConfig:
     n_patients: int = 4
     sections_per_patient: int = 2
     spots_per_section: int = 144
-    out_px: int = 64
     seed: int = 0
     pitch_um: float = 100.0
     spot_diameter_um: float = 55.0
@@ -100,7 +99,7 @@ def _disks(conc: np.ndarray, xs: np.ndarray, ys: np.ndarray, rs: np.ndarray, val
            angle: np.ndarray | None = None) -> None:
     """Add (elliptical) disks of density ``value`` to ``conc`` in place."""
     h, w = conc.shape
-    for i, (x, y, r) in enumerate(zip(xs, ys, rs)):
+    for i, (x, y, r) in enumerate(zip(xs, ys, rs, strict=True)):
         ra = r * elong
         R = int(np.ceil(ra)) + 1
         x0, x1, y0, y1 = max(int(x) - R, 0), min(int(x) + R + 1, w), max(int(y) - R, 0), min(int(y) + R + 1, h)
@@ -145,7 +144,7 @@ def _render(rng: np.random.Generator, cmap: np.ndarray, um_per_px: float, stain:
     # 1 cancer in situ and 3 breast glands: ducts
     for cls, lumen_um, ring_um, fill in ((1, 28, 16, True), (3, 12, 9, False)):
         cx, cy = sample(cls, 260 if cls == 1 else 520)
-        for x, y in zip(cx, cy):
+        for x, y in zip(cx, cy, strict=True):
             R = (lumen_um + ring_um) * u
             d = np.hypot(xx[max(int(y - R), 0): int(y + R) + 1, max(int(x - R), 0): int(x + R) + 1] - x,
                          yy[max(int(y - R), 0): int(y + R) + 1, max(int(x - R), 0): int(x + R) + 1] - y)
@@ -204,7 +203,6 @@ def make_synthetic(
     n_patients: int = 4,
     sections_per_patient: int = 2,
     spots_per_section: int = 144,
-    out_px: int = 64,
     seed: int = 0,
     image_dir: str | PathLike | None = None,
     **overrides,
@@ -215,9 +213,6 @@ def make_synthetic(
     ----------
     n_patients, sections_per_patient, spots_per_section, seed
         Size and seed; every other parameter of :class:`SyntheticConfig` may be given as a keyword.
-    out_px
-        The patch size the dataset is meant to be cut at (recorded in ``uns["synthetic"]``; the images themselves
-        are rendered at the drawn µm/px, and patches are cut by µm).
     image_dir
         Where the section images (PNG) are written; default: a folder under the system's temporary directory
         named by the parameters, reused when it exists.
@@ -227,7 +222,7 @@ def make_synthetic(
     The dataset in the stguide data model; every spot is labelled (``label_source = "synthetic"``).
     """
     cfg = SyntheticConfig(n_patients=n_patients, sections_per_patient=sections_per_patient,
-                          spots_per_section=spots_per_section, out_px=out_px, seed=seed, **overrides)
+                          spots_per_section=spots_per_section, seed=seed, **overrides)
     from stguide.io import fingerprint
 
     fp = fingerprint(asdict(cfg))
@@ -279,7 +274,7 @@ def make_synthetic(
             # class composition inside each spot
             rad = cfg.spot_diameter_um / 2 * u
             comp = np.zeros((len(idx), k))
-            for i, (x, y) in enumerate(zip(x_px, y_px)):
+            for i, (x, y) in enumerate(zip(x_px, y_px, strict=True)):
                 r = int(np.ceil(rad))
                 win = cmap[int(y) - r: int(y) + r + 1, int(x) - r: int(x) + r + 1]
                 yy, xx = np.mgrid[-r: r + 1, -r: r + 1]
@@ -294,7 +289,7 @@ def make_synthetic(
             mu = mu / mu.sum(1, keepdims=True) * lib
             counts = srng.poisson(srng.gamma(cfg.nb_theta, mu / cfg.nb_theta))
             info = SectionInfo(section, patient, str(path), um, cfg.spot_diameter_um, size, size)
-            parts.append(make_section(counts, gene_names, [f"{a}x{b}" for a, b in zip(gx, gy)], info=info,
+            parts.append(make_section(counts, gene_names, [f"{a}x{b}" for a, b in zip(gx, gy, strict=True)], info=info,
                                       x_px=x_px, y_px=y_px, labels=[CLASSES[c] for c in label_idx],
                                       label_source="synthetic", file=path))
     out = combine_sections(parts, "intersection", image_dir)

@@ -3,32 +3,32 @@
 For every fold, each encoder (gene selection included) is fitted on the training patients only; a linear probe
 and a kNN probe trained on the training patients' labelled spots score the held-out patient's labelled spots.
 ``results.json`` keeps the foundation schema, with one method per encoder. Each (fold, encoder) cell is cached
-under ``folds/<patient>/<encoder>/`` with a key of its settings, so an interrupted run continues where it stopped.
+under ``folds/<patient>/<encoder>/`` with a key of its settings (the shared cell cache of ``evaluate/cache.py``),
+so an interrupted run continues where it stopped. The leakage audit of a cell is written before its fit.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from os import PathLike
 from pathlib import Path
-
-import json
+from typing import Any
 
 import anndata as ad
 
 from stguide.data.folds import assert_no_leak, lopo_folds
-from stguide.data.model import labelled_mask
-from stguide.evaluate.lopo import _jsonable, data_key, dataset_summary, key_matches
+from stguide.data.model import EXCLUDED_LABELS, dataset_summary, labelled_mask
+from stguide.evaluate.cache import data_key, finish_cell, key_matches, start_cell
 from stguide.evaluate.metrics import summarise
 from stguide.evaluate.probes import ProbeConfig, score_probes
-from stguide.genes.base import GeneConfig
-from stguide.genes.registry import get_encoder
+from stguide.genes import GeneConfig, get_encoder
 from stguide.io import fingerprint, write_json_atomic
 from stguide.progress import track
 
 
 def run_gene_lopo(adata: ad.AnnData, encoders: Sequence[str], out_dir: str | PathLike, genes: GeneConfig = GeneConfig(),
-                  probe: ProbeConfig = ProbeConfig(), exclude_labels: tuple[str, ...] = ("undetermined",),
+                  probe: ProbeConfig = ProbeConfig(), exclude_labels: Sequence[str] = EXCLUDED_LABELS,
                   folds: Sequence[str] | None = None, progress: bool = True, command: str = "",
                   batch_key: str = "patient") -> dict:
     """Fit every encoder per fold on the training patients, probe the held-out patient; write ``results.json``.
@@ -46,26 +46,28 @@ def run_gene_lopo(adata: ad.AnnData, encoders: Sequence[str], out_dir: str | Pat
         train, test = fold.train & lab, fold.test & lab
         for name in track(encoders, f"holding out {fold.held_out}", enabled=progress):
             cell = out / "folds" / fold.held_out / name
-            key = fingerprint(name, asdict(genes), asdict(probe), list(exclude_labels), batch_key, dkey)
+            enc = get_encoder(name, genes)
+            key = fingerprint(enc.settings(), asdict(probe), list(exclude_labels), batch_key, dkey, fold.held_out)
             if key_matches(cell, key):
                 per[name][fold.held_out] = json.loads((cell / "metrics.json").read_text())
                 continue
-            enc = get_encoder(name, genes).fit(adata[fold.train], batch_key=batch_key, labels_key="label", progress=False)
+            start_cell(cell, key)
             audit = {"gene_selection": assert_no_leak(adata, fold, fold.train, "gene selection"),
                      "gene_encoder": assert_no_leak(adata, fold, fold.train, f"{name} encoder"),
                      "probe": assert_no_leak(adata, fold, train, "probe")}
-            if name == "harmony" and genes.harmony_query == "symphony":
+            if name == "harmony" and genes.harmony.query == "symphony":
                 audit["harmony_query_mapping"] = {"patients": [fold.held_out], "labels_used": False,
                                                   "note": "Symphony mapping estimates the held-out patient's own offset "
                                                           "from its unlabelled expression; the reference stays frozen"}
             write_json_atomic(cell / "leakage_audit.json", audit)
+            enc.fit(adata[fold.train], batch_key=batch_key, labels_key="label", exclude_labels=exclude_labels, progress=False)
             z_train, z_test = enc.transform(adata[train]), enc.transform(adata[test])
             m, _ = score_probes(z_train, labels[train], patients[train], z_test, labels[test], probe)
             write_json_atomic(cell / "metrics.json", m)
-            (cell / "key.txt").write_text(key)
+            finish_cell(cell, key)
             per[name][fold.held_out] = m
-    results = {"methods": {}, "config": _jsonable({"genes": asdict(genes), "probe": asdict(probe), "encoders": list(encoders),
-                                              "batch_key": batch_key}),
+    results: dict[str, Any] = {"methods": {}, "config": {"genes": asdict(genes), "probe": asdict(probe), "encoders": list(encoders),
+                                         "exclude_labels": list(exclude_labels), "batch_key": batch_key},
                "dataset": dataset_summary(adata), "command": command}
     for name, f in per.items():
         mean, sd = summarise(f)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stguide.genes.audit import AuditConfig, audit, umap_coords
+from stguide.evaluate.audit import AuditConfig, audit, umap_coords
 from stguide.io import atomic_path, write_json_atomic
 
 

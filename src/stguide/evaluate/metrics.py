@@ -4,12 +4,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn import metrics as skm
 
 METRICS: tuple[str, ...] = ("acc", "bacc", "macro_f1", "weighted_f1", "kappa")
 
 
-def classification_metrics(y_true: Sequence, y_pred: Sequence, classes: Sequence | None = None) -> dict[str, float]:
+def classification_metrics(y_true: ArrayLike, y_pred: ArrayLike, classes: Sequence | None = None) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro-F1, weighted F1 and Cohen's κ.
 
     Balanced accuracy and macro-F1 average over the classes present in ``y_true`` (a class absent from the test
@@ -17,11 +18,10 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence, classes: Sequence
     """
     import warnings
 
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    present = np.unique(y_true)
+    yt, yp = np.asarray(y_true), np.asarray(y_pred)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
-        return _scores(y_true, y_pred, present)
+        return _scores(yt, yp, np.unique(yt))
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, present: np.ndarray) -> dict[str, float]:
@@ -34,7 +34,7 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray, present: np.ndarray) -> dict
     }
 
 
-def missing_classes(y_true: Sequence, classes: Sequence) -> list:
+def missing_classes(y_true: ArrayLike, classes: Sequence) -> list:
     """Classes of the training set that the test patient lacks."""
     return sorted(set(classes) - set(np.asarray(y_true).tolist()))
 

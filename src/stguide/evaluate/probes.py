@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -10,16 +11,23 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from stguide.config import FromDict
 from stguide.errors import InputError
 from stguide.evaluate.metrics import classification_metrics, missing_classes
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
-    """``Cs``: grid of inverse regularisation strengths for the linear probe, chosen by balanced accuracy in an
-    inner cross-validation whose folds are training patients (a single C is used when there is one training
-    patient). ``max_iter``: solver iterations. ``k``: neighbours of the cosine kNN probe."""
+class ProbeConfig(FromDict):
+    """How frozen image features are scored (YAML section ``probe:``). ``features``: the representation probed,
+    the ``backbone`` output or the projection ``head``'s (the head is always probed when the backbone was frozen
+    in training, since the backbone learnt nothing). ``Cs``: grid of inverse regularisation strengths for the
+    linear probe, chosen by balanced accuracy in an inner cross-validation whose folds are training patients (a
+    single C is used when there is one training patient). ``max_iter``: solver iterations. ``k``: neighbours of
+    the cosine kNN probe."""
 
+    section: ClassVar[str] = "probe"
+
+    features: Literal["backbone", "head"] = "backbone"
     Cs: tuple[float, ...] = (0.01, 0.1, 1.0)
     max_iter: int = 2000
     k: int = 15
@@ -71,7 +79,7 @@ def score_probes(xtr: np.ndarray, ytr: np.ndarray, groups: np.ndarray, xte: np.n
     lin, C, _ = fit_linear_probe(xtr, ytr, groups, cfg)
     knn = fit_knn_probe(xtr, ytr, cfg)
     pred = lin.predict(xte)
-    m = classification_metrics(yte, pred)
+    m: dict[str, Any] = dict(classification_metrics(yte, pred))
     m.update({f"knn_{k}": v for k, v in classification_metrics(yte, knn.predict(xte)).items()})
     m.update(n_train=int(len(ytr)), n_test=int(len(yte)), C=float(C), missing_classes=missing_classes(yte, sorted(set(ytr))))
     return m, pred

@@ -1,5 +1,9 @@
-"""Stage 1: gene encoders (``get_encoder``) with one interface: fit / transform / save / load."""
-from stguide.genes.base import GeneConfig, GeneEncoder, select_genes
-from stguide.genes.registry import ENCODERS, get_encoder
+"""Stage 1: gene encoders by name (``get_encoder``) with one interface: fit / transform / save, and
+``load_encoder`` for a saved one. Importing the package registers every family."""
+from stguide.genes import expression, scvi  # noqa: F401  (registers the families)
+from stguide.genes.base import FINETUNE, LABELS, PREDICT, GeneEncoder, select_genes
+from stguide.genes.config import GeneConfig, HarmonyOptions, PcaOptions, ScanviOptions, ScviOptions
+from stguide.genes.registry import ENCODERS, encoder_class, get_encoder, load_encoder, register
 
-__all__ = ["ENCODERS", "GeneConfig", "GeneEncoder", "get_encoder", "select_genes"]
+__all__ = ["ENCODERS", "FINETUNE", "LABELS", "PREDICT", "GeneConfig", "GeneEncoder", "HarmonyOptions", "PcaOptions",
+           "ScanviOptions", "ScviOptions", "encoder_class", "get_encoder", "load_encoder", "register", "select_genes"]

@@ -1,60 +1,31 @@
 """The gene-encoder interface and the gene selection every encoder shares."""
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict
 from os import PathLike
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from stguide.config import FromDict
+from stguide.config import ConfigError
+from stguide.data.model import EXCLUDED_LABELS, labelled_mask
 from stguide.errors import InputError
+from stguide.genes.config import GeneConfig
 from stguide.io import atomic_path, write_json_atomic
 
-
-@dataclass(frozen=True)
-class GeneConfig(FromDict):
-    """Settings shared by the gene encoders (each documented in docs/configuration.md).
-
-    ``n_top_genes``: highly variable genes (``seurat_v3`` on raw counts, batch-aware, fitted on the training
-    patients only); all genes are used when there are fewer. ``n_latent``, ``n_hidden``, ``n_layers``,
-    ``dropout_rate``, ``gene_likelihood``: the scVI network (scvi-tools defaults except ``n_latent``).
-    ``max_epochs``: scVI epochs (fixed, so runs are comparable; scvi-tools' heuristic would give 400 under 20k
-    spots). ``early_stopping``: on a 10 % validation split of the training spots. ``batch_size``: scVI
-    minibatch (nudged up so that no minibatch holds a single spot, which BatchNorm cannot train on).
-    ``scanvi_epochs``: scANVI fine-tuning epochs. ``unlabelled_classes``: labels treated as unlabelled by
-    scANVI. ``n_pcs``: components of ``pca``.
-    ``harmony_query``: how ``harmony`` embeds spots of a patient outside its fit, ``"symphony"`` (reference
-    mapping) or ``"pca"`` (uncorrected); ``harmony_sigma`` / ``harmony_lambda``: Harmony's soft-clustering width
-    and ridge penalty (harmonypy defaults). ``seed``: every random choice. ``trainer_kwargs``: passed to the
-    Lightning trainer of scvi-tools unchanged.
-    """
-
-    section: ClassVar[str] = "genes"
-
-    n_top_genes: int = 2000
-    n_latent: int = 16
-    n_hidden: int = 128
-    n_layers: int = 1
-    dropout_rate: float = 0.1
-    gene_likelihood: str = "zinb"
-    max_epochs: int = 200
-    early_stopping: bool = False
-    batch_size: int = 128
-    scanvi_epochs: int = 20
-    unlabelled_classes: tuple[str, ...] = ("undetermined",)
-    n_pcs: int = 50
-    harmony_query: Literal["symphony", "pca"] = "symphony"
-    harmony_sigma: float = 0.1
-    harmony_lambda: float = 1.0
-    seed: int = 0
-    trainer_kwargs: dict = field(default_factory=dict)
-
+LABELS = "labels"  # capability: learns from the training spots' labels
+PREDICT = "predict"  # capability: predicts a class for any spot (supcon_labels: scanvi)
+FINETUNE = "finetune"  # capability: a batch-free network that stage 2 may fine-tune (finetune_gene_encoder)
+_NEEDED_BY = {  # capability: (the stage-2 setting that needs it, what the encoder lacks, the fix)
+    PREDICT: ("contrastive.supcon_labels", "predicts no labels", "use the scanvi gene encoder, or set supcon_labels: label"),
+    FINETUNE: ("contrastive.finetune_gene_encoder", "has no batch-free network to fine-tune",
+               "use the scvi or scanvi gene encoder, or set finetune_gene_encoder: false"),
+}
 
 
 def select_genes(adata: ad.AnnData, n_top: int, batch_key: str = "patient") -> list[str]:
@@ -80,25 +51,46 @@ def check_fit_input(adata: ad.AnnData, batch_key: str, file: str = "<training se
 
 
 class GeneEncoder(ABC):
-    """fit(adata_train, batch_key, labels_key) → transform(adata) → latent (n_spots × dim); save(dir) / load(dir)."""
+    """fit(adata_train, batch_key, labels_key) → transform(adata) → latent (n_spots × dim); save(dir).
+
+    Families declare what they read and can do: ``reads`` (the :class:`GeneConfig` sections), ``capabilities``
+    (``labels``, ``predict``, ``finetune``). Register a family with ``stguide.genes.registry.register``; open a
+    saved one with ``stguide.genes.load_encoder``.
+    """
 
     name: ClassVar[str]
+    reads: ClassVar[tuple[str, ...]] = ()
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, config: GeneConfig | None = None, **overrides: Any) -> None:
-        base = config or GeneConfig()
-        self.config = GeneConfig.from_dict({**asdict(base), **overrides}) if overrides else base
+    def __init__(self, config: GeneConfig | None = None) -> None:
+        self.config = config or GeneConfig()
         self.genes: list[str] = []
         self.fitted_on: dict[str, Any] = {}
+        self.progress = True
 
-    def fit(self, adata: ad.AnnData, batch_key: str = "patient", labels_key: str | None = None,
-            progress: bool = True) -> "GeneEncoder":
-        """Select genes and fit on ``adata`` (training patients only). Returns self."""
+    def settings(self) -> dict[str, Any]:
+        """The settings this encoder reads: the shared ones and its families' sections (its cache key)."""
+        c = self.config
+        return {"encoder": self.name, "n_top_genes": c.n_top_genes, "seed": c.seed, **{f: asdict(getattr(c, f)) for f in self.reads}}
+
+    def fit(self, adata: ad.AnnData, batch_key: str = "patient", labels_key: str | None = "label",
+            exclude_labels: Sequence[str] = EXCLUDED_LABELS, progress: bool = True) -> GeneEncoder:
+        """Select genes and fit on ``adata`` (training patients only). Labels in ``exclude_labels`` do not count
+        (a label-reading encoder sees them as unlabelled). Returns self."""
         check_fit_input(adata, batch_key)
         self.progress = progress
         self.genes = select_genes(adata, self.config.n_top_genes, batch_key)
-        self.fitted_on = {"patients": sorted(set(adata.obs[batch_key].astype(str))), "n_spots": int(adata.n_obs),
-                          "batch_key": batch_key, "labels_key": labels_key}
-        self._fit(adata[:, self.genes], batch_key, labels_key)
+        patients = adata.obs["patient"] if "patient" in adata.obs else adata.obs[batch_key]
+        uses_labels = LABELS in self.capabilities and labels_key is not None
+        self.fitted_on = {"patients": sorted(set(patients.astype(str))), "batches": sorted(set(adata.obs[batch_key].astype(str))),
+                          "n_spots": int(adata.n_obs), "batch_key": batch_key, "labels_key": labels_key if uses_labels else None,
+                          "exclude_labels": list(exclude_labels) if uses_labels else []}
+        labels = None
+        if uses_labels:
+            if labels_key not in adata.obs:
+                raise InputError("<training set>", f"obs has no label column {labels_key!r}", "give labels_key")
+            labels = adata.obs[labels_key].astype(object).where(labelled_mask(adata, exclude_labels), None).to_numpy()
+        self._fit(adata[:, self.genes], batch_key, labels)
         return self
 
     def counts(self, adata: ad.AnnData) -> sp.csr_matrix:
@@ -112,11 +104,29 @@ class GeneEncoder(ABC):
         return sp.csr_matrix(adata[:, self.genes].X)
 
     @abstractmethod
-    def _fit(self, adata: ad.AnnData, batch_key: str, labels_key: str | None) -> None: ...
+    def _fit(self, adata: ad.AnnData, batch_key: str, labels: np.ndarray | None) -> None:
+        """Fit on the selected genes; ``labels``: one per spot, ``None`` where a spot's label does not count."""
 
     @abstractmethod
     def transform(self, adata: ad.AnnData) -> np.ndarray:
         """The latent of every spot of ``adata`` (float32, n_spots × dim); no batch input is needed."""
+
+    @classmethod
+    def require(cls, capability: str) -> None:
+        """Raise :class:`ConfigError` (at the stage-2 setting that needs it) when the family lacks ``capability``."""
+        if capability not in cls.capabilities:
+            key, lacks, fix = _NEEDED_BY[capability]
+            raise ConfigError(key, f"the {cls.name!r} gene encoder {lacks}", fix)
+
+    def predict(self, adata: ad.AnnData) -> np.ndarray:
+        """A predicted class per spot (capability ``predict``)."""
+        self.require(PREDICT)
+        raise NotImplementedError
+
+    def torch_encoder(self) -> Any:
+        """A trainable copy of the batch-free encoder network (capability ``finetune``)."""
+        self.require(FINETUNE)
+        raise NotImplementedError
 
     def save(self, path: str | PathLike) -> Path:
         """Write the encoder to a folder atomically: ``stguide.json`` plus the family's own files."""
@@ -132,20 +142,3 @@ class GeneEncoder(ABC):
 
     @abstractmethod
     def _load(self, path: Path) -> None: ...
-
-    @classmethod
-    def load(cls, path: str | PathLike) -> "GeneEncoder":
-        """Open an encoder folder written by :meth:`save` (any family)."""
-        from stguide.genes.registry import ENCODERS
-
-        path = Path(path)
-        meta_file = path / "stguide.json"
-        if not meta_file.is_file():
-            raise InputError(path, "not a stguide gene-encoder folder (stguide.json is missing)", "fit one with `stguide genes fit`")
-        meta = json.loads(meta_file.read_text())
-        cfg = meta["config"]
-        cfg["unlabelled_classes"] = tuple(cfg.get("unlabelled_classes", ()))
-        enc = ENCODERS[meta["encoder"]](GeneConfig(**{k: v for k, v in cfg.items() if k in {f.name for f in fields(GeneConfig)}}))
-        enc.genes, enc.fitted_on = list(meta["genes"]), dict(meta["fitted_on"])
-        enc._load(path)
-        return enc

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import anndata as ad
 import numpy as np
 
 from stguide.genes.base import GeneEncoder
+from stguide.genes.registry import register
 
 TARGET_SUM = 1e4
 
@@ -18,12 +20,13 @@ def log_normalise(counts) -> np.ndarray:
     return np.log1p(x / np.maximum(lib, 1.0) * TARGET_SUM).astype(np.float32)
 
 
+@register
 class LogExprEncoder(GeneEncoder):
     """``logexpr``: log-normalised expression of the selected genes (the raw-expression input of CLIP)."""
 
     name = "logexpr"
 
-    def _fit(self, adata: ad.AnnData, batch_key: str, labels_key: str | None) -> None:
+    def _fit(self, adata: ad.AnnData, batch_key: str, labels: np.ndarray | None) -> None:
         pass
 
     def transform(self, adata: ad.AnnData) -> np.ndarray:
@@ -36,14 +39,16 @@ class LogExprEncoder(GeneEncoder):
         pass
 
 
+@register
 class PCAEncoder(GeneEncoder):
     """``pca``: PCA (centred, not scaled) of ``logexpr``, fitted on the training spots."""
 
     name = "pca"
+    reads: ClassVar[tuple[str, ...]] = ("pca",)
 
-    def _fit(self, adata: ad.AnnData, batch_key: str, labels_key: str | None) -> None:
+    def _fit(self, adata: ad.AnnData, batch_key: str, labels: np.ndarray | None) -> None:
         x = log_normalise(adata.X)
-        k = min(self.config.n_pcs, x.shape[0] - 1, x.shape[1])
+        k = min(self.config.pca.n_pcs, x.shape[0] - 1, x.shape[1])
         self.mean_ = x.mean(0)
         _, _, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
         self.components_ = vt[:k].astype(np.float32)
@@ -59,11 +64,12 @@ class PCAEncoder(GeneEncoder):
         self.mean_, self.components_ = z["mean"], z["components"]
 
 
+@register
 class HarmonyEncoder(PCAEncoder):
     """``harmony``: Harmony (harmonypy) on the training PCA, patient as the batch — BLEEP's input.
 
     Spots that were in the fit get their Harmony-corrected coordinates. Harmony itself learns no correction for a
-    patient it has not seen; ``GeneConfig.harmony_query`` chooses what such spots get:
+    patient it has not seen; ``genes.harmony.query`` chooses what such spots get:
 
     - ``"symphony"`` (default): the reference-mapping step of Symphony (Kang et al. 2021). The reference (the
       training fit: cluster centroids, soft assignments, per-cluster sums) is frozen; each new batch's own offset
@@ -74,14 +80,16 @@ class HarmonyEncoder(PCAEncoder):
     """
 
     name = "harmony"
+    reads = ("pca", "harmony")
 
-    def _fit(self, adata: ad.AnnData, batch_key: str, labels_key: str | None) -> None:
+    def _fit(self, adata: ad.AnnData, batch_key: str, labels: np.ndarray | None) -> None:
         import harmonypy
 
-        super()._fit(adata, batch_key, labels_key)
+        super()._fit(adata, batch_key, labels)
         z = (log_normalise(adata.X) - self.mean_) @ self.components_.T
         meta = adata.obs[[batch_key]].astype(str).reset_index(drop=True)
-        ho = harmonypy.run_harmony(z, meta, [batch_key], sigma=self.config.harmony_sigma, lamb=self.config.harmony_lambda,
+        h = self.config.harmony
+        ho = harmonypy.run_harmony(z, meta, [batch_key], sigma=h.sigma, lamb=h.lamb,
                                    random_state=self.config.seed, verbose=False)
         corr = np.asarray(ho.Z_corr)
         corr = corr.T if corr.shape[0] != z.shape[0] else corr
@@ -96,11 +104,11 @@ class HarmonyEncoder(PCAEncoder):
     def map_query(self, z: np.ndarray, batches: np.ndarray) -> np.ndarray:
         """Symphony's query mapping of uncorrected PCA coordinates ``z`` (spots × dims), one offset per batch and cluster."""
         zc = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-        logits = -2.0 * (1.0 - zc @ self.centroids_) / self.config.harmony_sigma
+        logits = -2.0 * (1.0 - zc @ self.centroids_) / self.config.harmony.sigma
         r = np.exp(logits - logits.max(1, keepdims=True))
         r /= r.sum(1, keepdims=True)
         out = z.astype(np.float64).copy()
-        lam = self.config.harmony_lambda
+        lam = self.config.harmony.lamb
         for b in np.unique(batches):
             m = batches == b
             rb, zb = r[m], z[m]
@@ -118,7 +126,7 @@ class HarmonyEncoder(PCAEncoder):
         pos = {n: i for i, n in enumerate(self.fitted_names_)}
         idx = np.array([pos.get(n, -1) for n in np.asarray(adata.obs_names).astype(str)])
         seen = idx >= 0
-        if self.config.harmony_query == "symphony" and (~seen).any():
+        if self.config.harmony.query == "symphony" and (~seen).any():
             key = self.fitted_on.get("batch_key")
             batches = adata.obs[key].astype(str).to_numpy() if key in adata.obs else np.zeros(adata.n_obs, dtype=str)
             z[~seen] = self.map_query(z[~seen], batches[~seen])

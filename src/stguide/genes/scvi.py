@@ -11,6 +11,7 @@ import contextlib
 import logging
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import anndata as ad
 import numpy as np
@@ -19,10 +20,13 @@ import scipy.sparse as sp
 import torch
 
 from stguide.errors import InputError
-from stguide.genes.base import GeneEncoder
+from stguide.genes.base import FINETUNE, LABELS, PREDICT, GeneEncoder
+from stguide.genes.expression import log_normalise
+from stguide.genes.registry import register
+from stguide.progress import training_progress
 
 BATCH = "_stguide_batch"
-LABELS = "_stguide_labels"
+LABEL_COL = "_stguide_labels"
 UNKNOWN = "Unknown"
 
 
@@ -48,51 +52,52 @@ def quiet():
         try:
             yield
         finally:
-            for lg, lv in zip(loggers, levels):
+            for lg, lv in zip(loggers, levels, strict=True):
                 lg.setLevel(lv)
 
 
+@register
 class SCVIEncoder(GeneEncoder):
     """``scvi``: SCVI on raw counts, patient as the batch; the latent is the posterior mean."""
 
     name = "scvi"
-    model_cls_name = "SCVI"
+    reads: ClassVar[tuple[str, ...]] = ("scvi",)
+    capabilities = frozenset({FINETUNE})
 
     def _setup_adata(self, adata: ad.AnnData, batch: pd.Series | str, labels: pd.Series | str | None = None) -> ad.AnnData:
         a = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32), obs=pd.DataFrame(index=adata.obs_names.astype(str)),
                        var=pd.DataFrame(index=adata.var_names.astype(str)))
         a.obs[BATCH] = batch if isinstance(batch, str) else batch.astype(str).to_numpy()
         if labels is not None:
-            a.obs[LABELS] = labels if isinstance(labels, str) else labels.to_numpy()
+            a.obs[LABEL_COL] = labels if isinstance(labels, str) else labels.to_numpy()
         return a
 
     def _train_kwargs(self, n: int, epochs: int) -> dict:
-        c = self.config
+        c = self.config.scvi
         val = 0.1 if c.early_stopping else 0.0
         kw = dict(max_epochs=epochs, accelerator="cpu", devices=1, batch_size=safe_batch_size(n, c.batch_size, val),
-                  early_stopping=c.early_stopping, train_size=1.0 - val if val else 1.0,
-                  enable_progress_bar=getattr(self, "progress", True), enable_model_summary=False, logger=False)
+                  early_stopping=c.early_stopping, train_size=1.0 - val if val else 1.0, enable_model_summary=False, logger=False,
+                  **training_progress(self.progress, f"{self.name} ({n} spots)", epochs))
         if val:
             kw["validation_size"] = val
         kw.update(c.trainer_kwargs)
         return kw
 
-    def _fit(self, adata: ad.AnnData, batch_key: str, labels_key: str | None) -> None:
+    def _fit(self, adata: ad.AnnData, batch_key: str, labels: np.ndarray | None) -> None:
         import scvi
 
-        c = self.config
         a = self._setup_adata(adata, adata.obs[batch_key])
         with quiet():
-            scvi.settings.seed = c.seed
+            scvi.settings.seed = self.config.seed
             self.model = self._build(a)
-            self.model.train(**self._train_kwargs(a.n_obs, c.max_epochs))
+            self.model.train(**self._train_kwargs(a.n_obs, self.config.scvi.max_epochs))
         self.batches = list(a.obs[BATCH].astype("category").cat.categories)
 
     def _build(self, a: ad.AnnData):
         """An untrained SCVI on the registered AnnData ``a`` with this encoder's settings."""
         import scvi
 
-        c = self.config
+        c = self.config.scvi
         scvi.model.SCVI.setup_anndata(a, batch_key=BATCH)
         model = scvi.model.SCVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers,
                                 dropout_rate=c.dropout_rate, gene_likelihood=c.gene_likelihood)
@@ -164,27 +169,27 @@ class ScviEncoderTower(torch.nn.Module):
         x = torch.log1p(counts) if self.log_variational else counts
         out = self.encoder(x)
         first = out[0]
-        return first.loc if isinstance(first, torch.distributions.Distribution) else first
+        return first.mean if isinstance(first, torch.distributions.Distribution) else first  # Normal: mean is loc
 
 
+@register
 class SCANVIEncoder(SCVIEncoder):
     """``scanvi``: SCANVI initialised from a fitted SCVI, given only the training patients' labels.
 
-    Spots without a label, and labels in ``unlabelled_classes`` (``undetermined`` by default), are ``Unknown``.
-    The fitted model's registered labels are therefore exactly the training classes.
+    Spots without a label, and labels in the experiment's ``exclude_labels`` (``undetermined`` by default), are
+    ``Unknown``. The fitted model's registered labels are therefore exactly the training classes that count.
     """
 
     name = "scanvi"
-    model_cls_name = "SCANVI"
+    reads = ("scvi", "scanvi")
+    capabilities = frozenset({LABELS, PREDICT, FINETUNE})
 
-    def _fit(self, adata: ad.AnnData, batch_key: str, labels_key: str | None) -> None:
+    def _fit(self, adata: ad.AnnData, batch_key: str, labels: np.ndarray | None) -> None:
         import scvi
 
-        labels_key = labels_key or "label"
-        if labels_key not in adata.obs:
-            raise InputError("<training set>", f"obs has no label column {labels_key!r}", "give labels_key")
-        lab = adata.obs[labels_key].astype(object)
-        lab = lab.where(lab.notna() & ~lab.isin(list(self.config.unlabelled_classes)), UNKNOWN).astype(str)
+        if labels is None:
+            raise InputError("<training set>", "scANVI needs the training spots' labels", "give labels_key (the label column)")
+        lab = pd.Series(labels, dtype=object).where(pd.notna(labels), UNKNOWN).astype(str)
         classes = sorted(set(lab) - {UNKNOWN})
         if len(classes) == 0:
             raise InputError("<training set>", "no training spot has a label, so scANVI has nothing to learn from",
@@ -193,22 +198,21 @@ class SCANVIEncoder(SCVIEncoder):
             raise InputError("<training set>", f"the training labels hold a single class ({classes[0]!r})",
                              "scANVI needs at least two classes: add labels, or use the 'scvi' encoder")
         super()._fit(adata, batch_key, None)
-        c = self.config
         a = self.model.adata
-        a.obs[LABELS] = lab.to_numpy()
+        a.obs[LABEL_COL] = lab.to_numpy()
         with quiet():
-            self.model = scvi.model.SCANVI.from_scvi_model(self.model, unlabeled_category=UNKNOWN, labels_key=LABELS, adata=a)
-            self.model.train(**self._train_kwargs(a.n_obs, c.scanvi_epochs))
+            self.model = scvi.model.SCANVI.from_scvi_model(self.model, unlabeled_category=UNKNOWN, labels_key=LABEL_COL, adata=a)
+            self.model.train(**self._train_kwargs(a.n_obs, self.config.scanvi.max_epochs))
         self.classes = classes
 
     def _build(self, a: ad.AnnData):
         """An untrained SCANVI on ``a`` (which carries labels) with this encoder's settings."""
         import scvi
 
-        c = self.config
-        if LABELS not in a.obs:
+        c = self.config.scvi
+        if LABEL_COL not in a.obs:
             return super()._build(a)  # the first stage of fit is a plain SCVI
-        scvi.model.SCANVI.setup_anndata(a, labels_key=LABELS, unlabeled_category=UNKNOWN, batch_key=BATCH)
+        scvi.model.SCANVI.setup_anndata(a, labels_key=LABEL_COL, unlabeled_category=UNKNOWN, batch_key=BATCH)
         return scvi.model.SCANVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers,
                                  dropout_rate=c.dropout_rate, gene_likelihood=c.gene_likelihood)
 
@@ -218,7 +222,7 @@ class SCANVIEncoder(SCVIEncoder):
 
     def _query(self, adata: ad.AnnData) -> ad.AnnData:
         q = super()._query(adata)
-        q.obs[LABELS] = UNKNOWN
+        q.obs[LABEL_COL] = UNKNOWN
         return q
 
     def predict(self, adata: ad.AnnData) -> np.ndarray:
@@ -238,6 +242,7 @@ class SCANVIEncoder(SCVIEncoder):
         return self._dummy(self.classes + [UNKNOWN])
 
 
+@register
 class SysVIEncoder(SCVIEncoder):
     """``sysvi``: scvi-tools' SysVI (VampPrior + cycle consistency), patient as the batch, for substantial
     batch effects. It models log-normalised expression (as SysVI expects).
@@ -248,10 +253,10 @@ class SysVIEncoder(SCVIEncoder):
     """
 
     name = "sysvi"
+    capabilities = frozenset()  # its encoder takes the batch: nothing batch-free to fine-tune
+    torch_encoder = GeneEncoder.torch_encoder
 
     def _setup_adata(self, adata: ad.AnnData, batch, labels=None) -> ad.AnnData:
-        from stguide.genes.expression import log_normalise
-
         a = super()._setup_adata(adata, batch, labels)
         a.X = sp.csr_matrix(log_normalise(a.X))
         return a
@@ -259,7 +264,7 @@ class SysVIEncoder(SCVIEncoder):
     def _build(self, a: ad.AnnData):
         from scvi.external import SysVI
 
-        c = self.config
+        c = self.config.scvi
         SysVI.setup_anndata(a, batch_key=BATCH)
         return SysVI(a, prior="vamp", n_latent=c.n_latent, n_hidden=c.n_hidden, n_layers=max(c.n_layers, 2),
                      dropout_rate=c.dropout_rate)
@@ -270,7 +275,7 @@ class SysVIEncoder(SCVIEncoder):
         patients = adata.obs[self.fitted_on.get("batch_key", "patient")].astype(str).to_numpy() \
             if self.fitted_on.get("batch_key", "patient") in adata.obs else np.full(adata.n_obs, "")
         known = np.isin(patients, self.batches)
-        z = np.zeros((adata.n_obs, self.config.n_latent), dtype=np.float32)
+        z = np.zeros((adata.n_obs, self.config.scvi.n_latent), dtype=np.float32)
         with quiet():
             if known.any():
                 q = self._setup_adata(sub[known], pd.Series(patients[known]))

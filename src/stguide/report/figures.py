@@ -3,6 +3,7 @@ them): confusion matrices, UMAPs of image embeddings, spot maps over H&E thumbna
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 
@@ -23,9 +24,9 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = 100) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     _plt().close(fig)
     return path
 
@@ -59,7 +60,7 @@ def confusion_figure(run: Path, methods: list[str], classes: list[str], path: Pa
     if not mats:
         return None
     fig, axes = _grid(len(mats), 3, 5.2, 4.8)
-    for ax, (m, (cm, cls)) in zip(axes, mats.items()):
+    for ax, (m, (cm, cls)) in zip(axes, mats.items(), strict=True):
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         for i in range(len(cls)):
@@ -74,10 +75,28 @@ def confusion_figure(run: Path, methods: list[str], classes: list[str], path: Pa
     return _save(fig, path)
 
 
+def plot_umaps(coords: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | PathLike) -> Path:
+    """One row per representation: ``{name: (xy, patients, labels)}``, coloured by patient (left) and label (right);
+    ``None`` labels are drawn grey as unlabelled."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(coords), 2, figsize=(10, 4.2 * len(coords)), squeeze=False)
+    for r, (name, (emb, batch, labels)) in enumerate(coords.items()):
+        batch = np.asarray(batch).astype(str)
+        labels = pd.Series(np.asarray(labels, dtype=object)).fillna("unlabelled").astype(str).to_numpy()
+        for c, (values, title) in enumerate(((batch, "patient"), (labels, "label"))):
+            ax = axes[r, c]
+            for v in sorted(set(values)):
+                m = values == v
+                ax.scatter(emb[m, 0], emb[m, 1], s=3, label=v, alpha=0.7, c="lightgrey" if v == "unlabelled" else None)
+            ax.set_title(f"{name}: {title}")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.legend(markerscale=4, fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, Path(path), dpi=110)
+
+
 def umap_figure(run: Path, methods: list[str], path: Path) -> Path | None:
     """UMAPs of each method's image features in the UMAP fold, coloured by patient and by label."""
-    from stguide.genes.audit import plot_umaps
-
     coords = {}
     for m in methods:
         for c in _cells(run, m):
@@ -89,7 +108,7 @@ def umap_figure(run: Path, methods: list[str], path: Path) -> Path | None:
 
 def training_figure(run: Path, methods: list[str], path: Path) -> Path | None:
     """Training loss per epoch of each contrastive method, one line per fold."""
-    curves = {}
+    curves: dict[str, dict[str, pd.Series]] = {}
     for m in methods:
         for c in _cells(run, m):
             f = c / "logs" / "metrics.csv"
@@ -101,7 +120,7 @@ def training_figure(run: Path, methods: list[str], path: Path) -> Path | None:
     if not curves:
         return None
     fig, axes = _grid(len(curves), 4, 4, 3)
-    for ax, (m, folds) in zip(axes, curves.items()):
+    for ax, (m, folds) in zip(axes, curves.items(), strict=True):
         for fold, d in folds.items():
             ax.plot(d.index + 1, d.values, marker="o", ms=3, label=f"held out {fold}")
         ax.set_title(m), ax.set_xlabel("epoch"), ax.set_ylabel("training loss")
@@ -159,7 +178,7 @@ def spot_map_figures(run: Path, method: str, classes: list[str], out_dir: Path) 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Circle
 
-    colours = dict(zip(classes, plt.get_cmap("tab10").colors))
+    colours = dict(zip(classes, plt.get_cmap("tab10").colors, strict=False))
     paths = []
     for cell in _cells(run, method):
         p = np.load(cell / "predictions.npz", allow_pickle=False)
@@ -183,7 +202,7 @@ def spot_map_figures(run: Path, method: str, classes: list[str], out_dir: Path) 
                 for c in [c for c in classes if c in set(y)]:
                     sel = y == c
                     shown.add(c)
-                    ax.add_collection(PatchCollection([Circle((a, b), radius) for a, b in zip(u[sel], v[sel])],
+                    ax.add_collection(PatchCollection([Circle((a, b), radius) for a, b in zip(u[sel], v[sel], strict=True)],
                                                       facecolor=colours.get(c, "k"), edgecolor="none", alpha=0.65))
                 ax.set_title(f"{sec} (patient {g['patient']}): {title}")
                 ax.axis("off")
@@ -208,7 +227,7 @@ def write_figures(run_dir: str | PathLike, results: dict) -> dict[str, list[str]
         p = f()
         if p:
             figs[kind] = [str(p.relative_to(run))]
-    chosen = results.get("experiment", {}).get("report", {}).get("spot_map_method") or best_method(results)
+    chosen = results.get("config", {}).get("report", {}).get("spot_map_method") or best_method(results)
     if chosen:
         spot = spot_map_figures(run, chosen, classes, fig_dir)
         if spot:

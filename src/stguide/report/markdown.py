@@ -6,6 +6,8 @@ import json
 from os import PathLike
 from pathlib import Path
 
+import pandas as pd
+
 from stguide.io import write_text_atomic
 
 HEADLINE = [("bacc", "balanced acc."), ("macro_f1", "macro-F1"), ("acc", "accuracy"), ("weighted_f1", "weighted F1"), ("kappa", "Cohen's κ")]
@@ -41,10 +43,8 @@ def fold_table(results: dict, metric: str = "bacc") -> str:
 
 
 def ablation_table(results: dict) -> str | None:
-    """The scANVI loss ablation (rows present in the run only)."""
-    from stguide.evaluate.experiment import ABLATION_ROWS
-
-    rows = [r for r in ABLATION_ROWS if r in results["methods"]]
+    """The loss ablation: the rows the run recorded in ``results["ablation"]`` (those that ran)."""
+    rows = [r for r in results.get("ablation", []) if r in results["methods"]]
     if len(rows) < 2:
         return None
     sub = {"methods": {r: results["methods"][r] for r in rows}}
@@ -142,6 +142,16 @@ def render_markdown(results: dict, title: str = "stguide report", figures: dict 
     return "\n".join(lines) + "\n"
 
 
+def write_audit(table: pd.DataFrame, out: str | PathLike, command: str = "") -> list[Path]:
+    """``audit.csv`` and ``audit.md`` (with the producing command) in ``out``."""
+    out = Path(out)
+    md = (f"Produced by: `{command}`\n\n" if command else "") + "| representation | " + " | ".join(table.columns) + " |\n"
+    md += "|---|" + "---|" * len(table.columns) + "\n"
+    for name, row in table.iterrows():
+        md += f"| {name} | " + " | ".join("–" if pd.isna(v) else f"{v:.3f}" for v in row) + " |\n"
+    return [write_text_atomic(out / "audit.csv", table.to_csv()), write_text_atomic(out / "audit.md", md)]
+
+
 HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}}
@@ -164,7 +174,7 @@ def write_report(run_dir: str | PathLike) -> Path:
     results = json.loads((run_dir / "results.json").read_text())
     figures = write_figures(run_dir, results) if (run_dir / "folds").is_dir() else {}
     audit = image_audit_table(run_dir, results) if (run_dir / "folds").is_dir() else None
-    title = "stguide experiment report" if "experiment" in results else "stguide report"
+    title = "stguide experiment report" if results.get("kind") == "experiment" else "stguide report"
     md = render_markdown(results, title, figures, audit)
     body = markdown.markdown(md, extensions=["tables"])
     write_text_atomic(run_dir / "report.html", HTML.format(title=title, body=body))

@@ -10,6 +10,7 @@ import numpy as np
 
 from stguide.data.images import image_size
 from stguide.data.model import HER2ST_CLASSES, SectionInfo, check_um_per_px, combine_sections, make_section
+from stguide.data.readers.registry import register_reader
 from stguide.errors import InputError
 
 
@@ -17,6 +18,7 @@ def _per_section(value, section: str):
     return value.get(section) if isinstance(value, Mapping) else value
 
 
+@register_reader("anndata")
 def read_anndata(
     h5ad: str | PathLike,
     image: str | PathLike | Mapping[str, str | PathLike] | None,
@@ -56,7 +58,8 @@ def read_anndata(
     except Exception as e:  # noqa: BLE001
         raise InputError(h5ad, f"cannot be read as h5ad ({type(e).__name__}: {e})", "re-create the file") from None
     if spatial_key not in a.obsm:
-        raise InputError(h5ad, f"obsm[{spatial_key!r}] (spot pixel positions) is missing", "store the (x, y) pixel centre of each spot in obsm['spatial'], or pass spatial_key=")
+        raise InputError(h5ad, f"obsm[{spatial_key!r}] (spot pixel positions) is missing",
+                         "store the (x, y) pixel centre of each spot in obsm['spatial'], or pass spatial_key=")
     for key in (patient_key, section_key, label_key):
         if key is not None and key not in a.obs:
             raise InputError(h5ad, f"obs has no column {key!r}", f"choose among {list(a.obs.columns)}")

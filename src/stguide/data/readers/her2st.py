@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -21,6 +22,7 @@ import scipy.sparse as sp
 
 from stguide.data.images import image_size
 from stguide.data.model import HER2ST_CLASSES, SectionInfo, check_um_per_px, combine_sections, make_section
+from stguide.data.readers.registry import register_reader
 from stguide.errors import InputError, warn_data
 from stguide.progress import track
 
@@ -61,7 +63,7 @@ def _labels(path: Path, spots: pd.Index, classes: Sequence[str] | None, policy: 
             raise InputError(path, f"the label file lacks the column {col!r}", "use the HER2ST *_labeled_coordinates.tsv")
     no_xy = lab["x"].isna() | lab["y"].isna()
     rows = lab[~no_xy]
-    keys = [f"{int(round(x))}x{int(round(y))}" for x, y in zip(rows["x"], rows["y"])]
+    keys = [f"{int(round(x))}x{int(round(y))}" for x, y in zip(rows["x"], rows["y"], strict=True)]
     rows = rows.assign(spot=keys)
     matched = rows[rows["spot"].isin(spots)]
     unmatched = rows[~rows["spot"].isin(spots)]
@@ -70,11 +72,11 @@ def _labels(path: Path, spots: pd.Index, classes: Sequence[str] | None, policy: 
         raise InputError(path, f"spots {conflict[conflict > 1].index[:5].tolist()} get two different labels", "fix the label file")
     series = pd.Series(np.nan, index=spots, dtype=object)
     series.loc[matched["spot"].to_numpy()] = matched["label"].to_numpy()
-    report = {
+    report: dict[str, Any] = {
         "file": str(path),
         "rows": int(len(lab)),
         "matched": int(matched["spot"].nunique()),
-        "unmatched": [f"{k} ({l})" for k, l in zip(unmatched["spot"], unmatched["label"])],
+        "unmatched": [f"{k} ({label})" for k, label in zip(unmatched["spot"], unmatched["label"], strict=True)],
         "no_coordinates": [str(v) for v in lab.loc[no_xy, lab.columns[0]]],
     }
     if report["unmatched"] and policy == "error":
@@ -87,6 +89,7 @@ def _labels(path: Path, spots: pd.Index, classes: Sequence[str] | None, policy: 
     return series, report
 
 
+@register_reader("her2st")
 def read_her2st(
     root: str | PathLike,
     sections: Sequence[str] | None = None,
@@ -133,7 +136,8 @@ def read_her2st(
     spt = {p.name.removesuffix("_selection.tsv"): p for p in spot_dir.glob("*_selection.tsv")}
     for name in sorted(set(cnt) ^ set(spt)):
         if name in cnt:
-            raise InputError(spot_dir / f"{name}_selection.tsv", f"the count file {cnt[name].name} has no spot file", "restore the spot file, or remove the count file")
+            raise InputError(spot_dir / f"{name}_selection.tsv", f"the count file {cnt[name].name} has no spot file",
+                             "restore the spot file, or remove the count file")
         raise InputError(cnt_dir / f"{name}.tsv.gz", f"the spot file {spt[name].name} has no count file", "restore the count file, or remove the spot file")
     names = sorted(cnt) if sections is None else list(sections)
     for n in names:
@@ -148,7 +152,7 @@ def read_her2st(
         for col in ("x", "y", "pixel_x", "pixel_y"):
             if col not in spots:
                 raise InputError(spt[name], f"the spot file lacks the column {col!r}", "use the HER2ST *_selection.tsv")
-        spots.index = [f"{int(x)}x{int(y)}" for x, y in zip(spots["x"], spots["y"])]
+        spots.index = [f"{int(x)}x{int(y)}" for x, y in zip(spots["x"], spots["y"], strict=True)]
         if spots.index.has_duplicates:
             raise InputError(spt[name], f"duplicate spot positions {spots.index[spots.index.duplicated()][:5].tolist()}", "fix the spot file")
         counts.index = counts.index.astype(str)
@@ -157,7 +161,8 @@ def read_her2st(
             raise InputError(cnt[name], f"duplicate spot ids {dup}", "keep one row per spot in the count file")
         missing = counts.index.difference(spots.index)
         if len(missing):
-            raise InputError(spt[name], f"{len(missing)} count spot(s) have no row in the spot file (e.g. {missing[:5].tolist()})", "use the spot file of the same section")
+            raise InputError(spt[name], f"{len(missing)} count spot(s) have no row in the spot file (e.g. {missing[:5].tolist()})",
+                             "use the spot file of the same section")
         um = measure_um_per_px(spots.loc[counts.index], spt[name])
         imgs = sorted((root / "ST-imgs" / patient / name).glob("*.jpg")) if (root / "ST-imgs").is_dir() else []
         w = h = 0

@@ -20,6 +20,7 @@ import pandas as pd
 
 from stguide.data.images import image_size
 from stguide.data.model import HER2ST_CLASSES, SectionInfo, check_um_per_px, combine_sections, make_section
+from stguide.data.readers.registry import register_reader
 from stguide.errors import InputError, warn_data
 from stguide.progress import track
 
@@ -54,6 +55,7 @@ def read_labels_tsv(path: Path, barcodes: pd.Index) -> tuple[np.ndarray, np.ndar
     return labels, sources, report
 
 
+@register_reader("hest")
 def read_hest(
     root: str | PathLike,
     ids: Sequence[str] | None = None,

@@ -11,6 +11,7 @@ import pandas as pd
 
 from stguide.data.images import image_size
 from stguide.data.model import HER2ST_CLASSES, SectionInfo, check_um_per_px, combine_sections, make_section
+from stguide.data.readers.registry import register_reader
 from stguide.errors import InputError
 
 VISIUM_SPOT_UM = 55.0
@@ -51,6 +52,7 @@ def _counts(outs: Path) -> ad.AnnData:
     return a
 
 
+@register_reader("visium")
 def read_visium(
     outs_dir: str | PathLike,
     image: str | PathLike | None = None,
@@ -77,7 +79,8 @@ def read_visium(
     pos = _positions(spatial)
     missing = a.obs_names.difference(pos.index)
     if len(missing):
-        raise InputError(spatial, f"{len(missing)} barcode(s) of the matrix have no position (e.g. {missing[:3].tolist()})", "use the positions file of the same run")
+        raise InputError(spatial, f"{len(missing)} barcode(s) of the matrix have no position (e.g. {missing[:3].tolist()})",
+                         "use the positions file of the same run")
     pos = pos.loc[a.obs_names]
     diam_full = float(sf["spot_diameter_fullres"])
     if image is not None:

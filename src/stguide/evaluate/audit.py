@@ -2,14 +2,14 @@
 
 Metrics are pure functions of arrays. Batch metrics (iLISI, kBET, graph connectivity, BRAS, PCR comparison) use
 every spot; biology metrics (silhouette label, cLISI, NMI/ARI, isolated labels) use the labelled spots. All are
-on a 0–1 scale where higher is better.
+on a 0–1 scale where higher is better. Used for gene representations (``stguide genes audit``) and for image
+features (``evaluate/image_audit.py``); the figures and tables are drawn by ``stguide.report``.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from os import PathLike
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ def knn(x: np.ndarray, k: int):
     return NeighborsResults(indices=i, distances=d)
 
 
-def _quiet(f, *a, **kw) -> float:
+def _quiet(f, *a, **kw) -> Any:
     import warnings
 
     with warnings.catch_warnings():
@@ -97,55 +97,8 @@ def audit(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.ndarray,
     return pd.DataFrame.from_dict(rows, orient="index")[cols]
 
 
-def write_audit(table: pd.DataFrame, out: str | PathLike, command: str = "") -> list[Path]:
-    """``audit.csv`` and ``audit.md`` (with the producing command) in ``out``."""
-    from stguide.io import write_text_atomic
-
-    out = Path(out)
-    md = (f"Produced by: `{command}`\n\n" if command else "") + "| representation | " + " | ".join(table.columns) + " |\n"
-    md += "|---|" + "---|" * len(table.columns) + "\n"
-    for name, row in table.iterrows():
-        md += f"| {name} | " + " | ".join("–" if pd.isna(v) else f"{v:.3f}" for v in row) + " |\n"
-    return [write_text_atomic(out / "audit.csv", table.to_csv()), write_text_atomic(out / "audit.md", md)]
-
-
 def umap_coords(x: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D UMAP coordinates of a representation (seeded, single-threaded so they are reproducible)."""
     import umap
 
     return umap.UMAP(random_state=seed, n_jobs=1).fit_transform(np.asarray(x, np.float32)).astype(np.float32)
-
-
-def plot_umaps(coords: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | PathLike) -> Path:
-    """One row per representation: ``{name: (xy, patients, labels)}``, coloured by patient (left) and label (right);
-    ``None`` labels are drawn grey as unlabelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from stguide.io import atomic_path
-
-    fig, axes = plt.subplots(len(coords), 2, figsize=(10, 4.2 * len(coords)), squeeze=False)
-    for r, (name, (emb, batch, labels)) in enumerate(coords.items()):
-        batch = np.asarray(batch).astype(str)
-        labels = pd.Series(np.asarray(labels, dtype=object)).fillna("unlabelled").astype(str).to_numpy()
-        for c, (values, title) in enumerate(((batch, "patient"), (labels, "label"))):
-            ax = axes[r, c]
-            for v in sorted(set(values)):
-                m = values == v
-                ax.scatter(emb[m, 0], emb[m, 1], s=3, label=v, alpha=0.7, c="lightgrey" if v == "unlabelled" else None)
-            ax.set_title(f"{name}: {title}")
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.legend(markerscale=4, fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
-
-
-def umap_figure(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.ndarray, path: str | PathLike, seed: int = 0) -> Path:
-    """UMAPs side by side: one row per representation, coloured by patient (left) and label (right)."""
-    return plot_umaps({name: (umap_coords(x, seed), batch, labels) for name, x in reps.items()}, path)
