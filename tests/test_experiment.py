@@ -37,7 +37,8 @@ def test_tiny_experiment_writes_results_report_and_audits(tiny):
     res = json.loads((run / "results.json").read_text())
     assert sorted(res["methods"]) == ["ours-scanvi", "random"]
     for m in res["methods"].values():  # the foundation schema
-        assert sorted(m["folds"]) == ["P1", "P2", "P3"] and set(m) == {"folds", "mean", "sd"}
+        assert sorted(m["folds"]) == ["P1", "P2", "P3"] and set(m) == {"folds", "mean", "sd", "recall", "knn_recall"}
+        assert set(m["recall"]) <= set(res["dataset"]["classes"]) and all(0 <= r <= 1 for r in m["recall"].values())
         for k in ("acc", "bacc", "macro_f1", "weighted_f1", "kappa", "knn_bacc", "n_test"):
             assert k in m["mean"] and all(k in f for f in m["folds"].values())
     assert {"dataset", "config", "command", "kind", "ablation", "methods_paragraph"} <= set(res)

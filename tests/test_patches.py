@@ -79,3 +79,16 @@ def test_jpeg_decoded_below_full_resolution(tmp_path):
     a = combine_sections([make_section(np.ones((1, 1)), ["g"], ["s"], info=info, x_px=[1000], y_px=[1000], file=p)])
     store = extract_patches(a, PatchConfig(200, 50), tmp_path / "c", progress=False)  # 400 px → 50 px: 8× coarser
     assert store.meta["sections"]["S"]["read_scale"] == 8.0
+
+
+def test_a_damaged_patch_cache_is_rebuilt_never_read(tmp_path):
+    from stguide.errors import DataWarning
+
+    a = _dataset(tmp_path)
+    s1 = extract_patches(a, PatchConfig(160, 32), tmp_path / "c", progress=False)
+    first = s1.take(s1.obs_names).copy()
+    f = s1.path / "patches.npy"
+    f.write_bytes(f.read_bytes()[:200])  # cut short
+    with pytest.warns(DataWarning, match="patches.npy"):
+        s2 = extract_patches(a, PatchConfig(160, 32), tmp_path / "c", progress=False)
+    assert s2.path == s1.path and np.array_equal(s2.take(s2.obs_names), first)

@@ -7,11 +7,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+from stguide.errors import InputError, warn_data
+
+T = TypeVar("T")
 
 _HASH_FULL_LIMIT = 64 * 2**20  # files up to 64 MiB are hashed whole; larger ones by size + head + tail
 
@@ -105,3 +109,42 @@ def fingerprint(*parts: Any) -> str:
             h.update(json.dumps(p, sort_keys=True, default=_json_default).encode())
         h.update(b"|")
     return h.hexdigest()[:16]
+
+
+def open_cached_array(path: str | os.PathLike, shape: tuple[int, ...] | None = None, dtype: str | None = None) -> np.ndarray:
+    """Memory-map an ``.npy`` of a cache, read-only. Raises :class:`~stguide.errors.InputError` naming the file when
+    it is missing, cut short (fewer bytes than its header promises) or not of the ``shape`` / ``dtype`` its cache's
+    metadata records, so that the caller rebuilds the cache instead of reading it."""
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(path, f"the cache file is missing or cut short ({type(e).__name__}: {e})", "delete the cache folder; it is rebuilt") from None
+    if (shape is not None and tuple(arr.shape) != tuple(shape)) or (dtype is not None and str(arr.dtype) != dtype):
+        raise InputError(path, f"the cache file holds {arr.dtype}{tuple(arr.shape)}, its metadata says {dtype}{tuple(shape or ())}",
+                         "delete the cache folder; it is rebuilt")
+    return arr
+
+
+def read_cache_meta(folder: str | os.PathLike) -> dict:
+    """A cache folder's ``meta.json``; :class:`~stguide.errors.InputError` naming it when missing or unreadable."""
+    f = Path(folder) / "meta.json"
+    try:
+        meta = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f, f"the cache's metadata is missing or damaged ({type(e).__name__})", "delete the cache folder; it is rebuilt") from None
+    if not isinstance(meta, dict):
+        raise InputError(f, "the cache's metadata is not a mapping", "delete the cache folder; it is rebuilt")
+    return meta
+
+
+def reuse_cache(folder: Path, opener: Callable[[Path], T], what: str) -> T | None:
+    """``opener(folder)`` when a cache folder exists and opens; None when it does not exist, or when it is damaged
+    (a :class:`~stguide.errors.DataWarning` names the damaged file): the caller then rebuilds it, never reads it."""
+    if not folder.exists():
+        return None
+    try:
+        return opener(folder)
+    except InputError as e:
+        warn_data(e.file, f"{e.problem}; the {what} is rebuilt")
+        return None

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from stguide.config import ConfigError, FromDict
 from stguide.contrastive.encoders import check_image_encoder
 from stguide.contrastive.losses import check_loss
+from stguide.contrastive.trunk import n_blocks
 from stguide.genes.base import FINETUNE, PREDICT
 
 
@@ -23,6 +24,19 @@ class ContrastiveConfig(FromDict):
     CPU), ``seed``, ``finetune_gene_encoder`` (train a copy of the scVI/scANVI encoder on counts instead of
     freezing it; off by default), ``supcon_labels`` (``label``: the training labels; ``scanvi``: scANVI's
     predictions), ``trainer_kwargs`` (passed to ``lightning.Trainer``).
+
+    Where training stops in the trunk: ``trunk`` is ``full`` (end-to-end on images, Lightning; today's default),
+    ``frozen`` (the whole pretrained trunk is run once per patch and view and its pooled features cached; only the
+    heads train) or ``partial`` (the activations before the trunk's last ``trunk_blocks`` blocks are cached; those
+    blocks and the heads train). ``views`` (the plain patch plus ``views − 1`` augmented ones: flips, 90°
+    rotations, HED jitter) and ``view_seed`` make the cache; each epoch draws one view per spot.
+
+    Aimed at the patient effect and at attributing a gain (cached modes; ``shuffle_targets`` works in every mode):
+    ``objective: supervised`` trains the image head with class-balanced cross-entropy on the training patients'
+    labels instead of a gene target (the ceiling control); ``shuffle_targets`` permutes the gene targets across
+    spots (the control for what head training alone does); ``batching: per-patient`` draws every minibatch from one
+    patient, so the loss cannot fall by telling patients apart; ``adversary_weight`` > 0 adds a patient classifier
+    on the image embedding behind a gradient reversal (beyond the paper).
     """
 
     section: ClassVar[str] = "contrastive"
@@ -49,6 +63,14 @@ class ContrastiveConfig(FromDict):
     finetune_gene_encoder: bool = False
     supcon_labels: Literal["label", "scanvi"] = "label"
     trainer_kwargs: dict = field(default_factory=dict)
+    trunk: Literal["full", "frozen", "partial"] = "full"
+    trunk_blocks: int = 1
+    views: int = 8
+    view_seed: int = 0
+    objective: Literal["contrastive", "supervised"] = "contrastive"
+    shuffle_targets: bool = False
+    batching: Literal["mixed", "per-patient"] = "mixed"
+    adversary_weight: float = 0.0
 
     def gene_capabilities(self) -> tuple[str, ...]:
         """What the gene encoder must be able to do for these settings (``stguide.genes`` capabilities)."""
@@ -63,3 +85,23 @@ class ContrastiveConfig(FromDict):
                 raise ConfigError(key, f"must be at least {low}, got {value}", f"set {key} to {low} or more")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction", f"must lie in [0, 1), got {self.val_fraction}", "use 0 (no early stopping) or e.g. 0.1")
+        if self.views < 1:
+            raise ConfigError("views", f"must be at least 1 (the plain patch), got {self.views}", "set views, e.g. 8")
+        if self.adversary_weight < 0:
+            raise ConfigError("adversary_weight", f"must be ≥ 0, got {self.adversary_weight}", "use 0 (off) or e.g. 0.1")
+        if self.trunk == "full" and (self.batching != "mixed" or self.adversary_weight or self.objective != "contrastive"):
+            key = "batching" if self.batching != "mixed" else "adversary_weight" if self.adversary_weight else "objective"
+            raise ConfigError(key, f"{key} is implemented for cached trunk features only", "set trunk: frozen or partial")
+        if self.trunk != "full" and self.finetune_gene_encoder:
+            raise ConfigError("finetune_gene_encoder", "fine-tuning the gene encoder is implemented for trunk: full only",
+                              "set finetune_gene_encoder: false, or trunk: full")
+        if self.trunk == "partial":
+            import timm
+
+            n = n_blocks(timm.create_model(self.backbone, pretrained=False, num_classes=0)) if not self.backbone.startswith("hf-hub:") else None
+            if n is None:
+                raise ConfigError("trunk", f"trunk: partial cannot split the backbone {self.backbone!r}",
+                                  "use an EfficientNet/MobileNet or ResNet backbone, or trunk: frozen / full")
+            if not 1 <= self.trunk_blocks <= n:
+                raise ConfigError("trunk_blocks", f"{self.backbone} has {n} blocks, so trunk_blocks must lie in 1..{n}, got {self.trunk_blocks}",
+                                  f"set trunk_blocks to at most {n}")

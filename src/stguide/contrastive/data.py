@@ -10,7 +10,7 @@ from stguide.data.patches import PatchStore
 
 
 class PairDataset(Dataset):
-    """(image tensor, gene input, frozen gene latent, label id, index) for each training spot.
+    """(image tensor, gene input, frozen gene latent, label id, patient id) for each training spot.
 
     ``rows`` index the patch store; ``latents``, ``labels`` and ``gene_inputs`` (counts, when the gene encoder is
     fine-tuned; otherwise the latent is the gene input) are aligned with ``rows``. Augmentation draws from
@@ -18,11 +18,13 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, store: PatchStore, rows: np.ndarray, latents: np.ndarray, labels: np.ndarray, transform,
-                 augment: Augment | None = None, seed: int = 0, gene_inputs: np.ndarray | None = None) -> None:
+                 augment: Augment | None = None, seed: int = 0, gene_inputs: np.ndarray | None = None,
+                 patients: np.ndarray | None = None) -> None:
         self.store, self.rows, self.transform, self.augment, self.seed = store, rows, transform, augment, seed
         self.latents = torch.as_tensor(latents, dtype=torch.float32)
         self.gene_inputs = self.latents if gene_inputs is None else torch.as_tensor(gene_inputs, dtype=torch.float32)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.patients = torch.zeros(len(rows), dtype=torch.long) if patients is None else torch.as_tensor(patients, dtype=torch.long)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -32,7 +34,7 @@ class PairDataset(Dataset):
         img = self.store[int(self.rows[i])]
         if self.augment is not None:
             img = self.augment(img, np.random.default_rng([self.seed, self.epoch, i]))
-        return self.transform(img), self.gene_inputs[i], self.latents[i], self.labels[i], i
+        return self.transform(img), self.gene_inputs[i], self.latents[i], self.labels[i], self.patients[i]
 
 
 class ImageDataset(Dataset):

@@ -1,6 +1,10 @@
-"""Projection heads: residual MLPs (BLEEP's design), one for each tower."""
+"""Projection heads: residual MLPs (BLEEP's design), one for each tower; and the gradient reversal of the
+patient-adversarial head."""
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 
@@ -22,3 +26,21 @@ class ProjectionHead(nn.Module):
                              "use the gene encoder / backbone the model was built for")
         h = self.proj(x)
         return self.norm(h + self.fc(h))
+
+
+class _Reverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+class GradientReversal(nn.Module):
+    """Identity forward, negated gradient backward (Ganin & Lempitsky 2015): what follows it learns to predict, what
+    precedes it learns to make that prediction fail."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Reverse.apply(x)

@@ -9,8 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stguide.contrastive.heads import ProjectionHead
+from stguide.contrastive.heads import GradientReversal, ProjectionHead
 from stguide.contrastive.losses import ContrastiveLoss
+
+
+def total_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum of the loss terms (a single term is returned as is)."""
+    values = list(losses.values())
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
 
 
 class ContrastiveModule(L.LightningModule):
@@ -24,7 +33,9 @@ class ContrastiveModule(L.LightningModule):
     def __init__(self, backbone: nn.Module, feature_dim: int, gene_dim: int, loss: ContrastiveLoss, *,
                  gene_encoder: nn.Module | None = None, embed_dim: int = 128,
                  dropout: float = 0.1, temperature: float = 0.07, learn_temperature: bool = True, lr: float = 1e-3,
-                 weight_decay: float = 1e-3, freeze_backbone: bool = False, max_epochs: int = 10, seed: int = 0) -> None:
+                 weight_decay: float = 1e-3, freeze_backbone: bool = False, max_epochs: int = 10, seed: int = 0,
+                 objective: str = "contrastive", class_weights: torch.Tensor | None = None,
+                 adversary_weight: float = 0.0, n_patients: int = 0) -> None:
         super().__init__()
         self.seed = seed
         self.backbone = backbone
@@ -41,15 +52,25 @@ class ContrastiveModule(L.LightningModule):
         if freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
+        # optional parts, built after the others so that a run without them draws the same initial weights
+        self.objective = objective
+        self.classifier: nn.Module | None = None
+        if objective == "supervised":  # the `supervised` control: cross-entropy on the training labels
+            if class_weights is None:
+                raise ValueError("the supervised objective needs class_weights")
+            self.classifier = nn.Linear(embed_dim, len(class_weights))
+            self.register_buffer("class_weights", class_weights.float())
+        self.adversary_weight = adversary_weight
+        self.adversary: nn.Module | None = None
+        if adversary_weight > 0:  # a patient classifier behind a gradient reversal: the head learns not to tell patients apart
+            self.adversary = nn.Sequential(GradientReversal(), nn.Linear(embed_dim, max(n_patients, 2)))
 
     def logit_scale(self) -> torch.Tensor:
         return self.log_scale.exp().clamp(max=100.0)
 
     def embed_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(backbone features, normalised head embedding)."""
-        if self.freeze_backbone:
-            self.backbone.eval()
-        f = self.backbone(x)
+        f = self._frozen(x) if self.freeze_backbone else self.backbone(x)
         return f, F.normalize(self.image_head(f), dim=1)
 
     def embed_genes(self, g: torch.Tensor) -> torch.Tensor:
@@ -58,12 +79,28 @@ class ContrastiveModule(L.LightningModule):
             g = self.gene_encoder(g)
         return F.normalize(self.gene_head(g), dim=1)
 
+    def compute_losses(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The loss terms of a batch ``(images or cached features, gene input, gene latent, label id, patient id)``."""
+        x, g, z, y, patient = batch
+        f = self.backbone(x) if not self.freeze_backbone else self._frozen(x)
+        h = self.image_head(f)
+        u = F.normalize(h, dim=1)
+        if self.classifier is not None:
+            weight = self.get_buffer("class_weights")
+            losses = {"supervised_loss": F.cross_entropy(self.classifier(h), y, weight=weight, ignore_index=-1)}
+        else:
+            losses = self.loss(u, self.embed_genes(g), self.logit_scale(), {"gene_latent": z, "labels": y})
+        if self.adversary is not None:
+            losses["adversary_loss"] = self.adversary_weight * F.cross_entropy(self.adversary(u), patient)
+        return losses
+
+    def _frozen(self, x: torch.Tensor) -> torch.Tensor:
+        self.backbone.eval()
+        return self.backbone(x)
+
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
-        x, g, z, y, _ = batch
-        _, u = self.embed_images(x)
-        v = self.embed_genes(g)
-        losses = self.loss(u, v, self.logit_scale(), {"gene_latent": z, "labels": y})
-        total = sum(losses.values())
+        x = batch[0]
+        total = total_loss(self.compute_losses(batch))
         self.log(f"{stage}_loss", total, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(x), sync_dist=stage == "val")
         if stage == "train":
             self.log("logit_scale", self.logit_scale(), on_epoch=True, on_step=False, batch_size=len(x))

@@ -7,7 +7,6 @@ extraction option; a re-run with the same inputs reuses the cache, any change wr
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -21,7 +20,7 @@ from stguide.data.images import open_level
 from stguide.data.model import section_info
 from stguide.data.stain import apply_macenko, fit_macenko
 from stguide.errors import InputError
-from stguide.io import atomic_path, file_digest, fingerprint, write_json_atomic
+from stguide.io import atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
 from stguide.progress import track
 
 CACHE_VERSION = 1
@@ -57,9 +56,9 @@ class PatchStore:
 
     def __init__(self, path: str | PathLike) -> None:
         self.path = Path(path)
-        self.meta = json.loads((self.path / "meta.json").read_text())
-        self.images = np.load(self.path / "patches.npy", mmap_mode="r")
+        self.meta = read_cache_meta(self.path)
         self.obs_names = list(self.meta["obs_names"])
+        self.images = open_cached_array(self.path / "patches.npy", (len(self.obs_names), self.meta["out_px"], self.meta["out_px"], 3), "uint8")
         self._index = {n: i for i, n in enumerate(self.obs_names)}
         self.outside = np.asarray(self.meta["outside_fraction"], dtype=float)
 
@@ -114,8 +113,9 @@ def extract_patches(
     skipped = [s for s in adata.obs["section"].cat.categories if s not in sections]
     fp = _fingerprint(adata, cfg, sections)
     target = Path(cache_dir) / f"patches-{fp}"
-    if (target / "meta.json").is_file():
-        return PatchStore(target)
+    cached = reuse_cache(target, PatchStore, "patch cache")
+    if cached is not None:
+        return cached
     sec_col = adata.obs["section"].astype(str).to_numpy()
     rows = np.flatnonzero(np.isin(sec_col, sections))
     if len(rows) == 0:

@@ -36,10 +36,12 @@ from stguide.genes import GeneConfig, encoder_class
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the comparison: ``gene_encoder`` and ``loss`` (both None: no contrastive stage, the backbone at
-    its ``init`` is scored as is), the image ``init`` and ``backbone`` (None: the contrastive config's), extra
-    ``loss_kwargs``, and ``contrastive`` (any other :class:`ContrastiveConfig` field for this method only, e.g.
-    ``{supcon_labels: scanvi}``)."""
+    """One row of the comparison: ``gene_encoder`` and ``loss`` (both None: no gene target; the backbone at its
+    ``init`` is scored as is, or, with ``contrastive: {objective: supervised}``, a head trained on the training
+    labels), the image ``init`` and ``backbone`` (None: the contrastive config's), extra ``loss_kwargs``,
+    ``contrastive`` (any other :class:`ContrastiveConfig` field for this method only, e.g. ``{supcon_labels: scanvi}``
+    or ``{trunk: partial}``) and ``probe`` (any :class:`ProbeConfig` field for this method only, e.g.
+    ``{features: both}``)."""
 
     name: str
     gene_encoder: str | None = None
@@ -48,6 +50,7 @@ class Method:
     backbone: str | None = None
     loss_kwargs: dict = field(default_factory=dict)
     contrastive: dict = field(default_factory=dict)
+    probe: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.gene_encoder is None) != (self.loss is None):
@@ -63,6 +66,10 @@ class Method:
     def contrastive_stage(self) -> bool:
         """Whether this method trains an image encoder against a gene encoder."""
         return self.gene_encoder is not None
+
+    def probe_config(self, base: ProbeConfig) -> ProbeConfig:
+        """The probe settings of this method (the experiment's, with this method's ``probe`` on top)."""
+        return ProbeConfig.from_dict({**asdict(base), **self.probe}, f"config:methods.{self.name}.probe") if self.probe else base
 
     def config(self, base: ContrastiveConfig) -> ContrastiveConfig:
         """The contrastive settings this method trains (and, without a gene encoder, builds its backbone) with."""
@@ -105,24 +112,35 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LopoConfig(FromDict):
-    """Who is held out. ``folds``: the held-out patients (default: every labelled patient; unlabelled patients
-    train every fold). ``fold_by``: ``patient``; ``section`` exists to show that the leakage audit refuses
-    section-level folds."""
+    """Who is held out, and how often. ``folds``: the held-out patients (default: every labelled patient; unlabelled
+    patients train every fold). ``fold_by``: ``patient``; ``section`` exists to show that the leakage audit refuses
+    section-level folds. ``seeds``: how many seeds each cell runs (the contrastive seed, +1, +2, …; each changes the
+    head initialisation, the views drawn and the batch order; a method that neither trains nor draws a random
+    initialisation runs once). ``baseline``: the method every other is compared with, per fold and seed, with a
+    bootstrap 95 % CI (``results.json: comparisons``; null: none)."""
 
     section: ClassVar[str] = "lopo"
 
     folds: tuple[str, ...] | None = None
     fold_by: Literal["patient", "section"] = "patient"
+    seeds: int = 1
+    baseline: str | None = "imagenet"
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError("seeds", f"must be at least 1, got {self.seeds}", "set seeds, e.g. 5 for real data")
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """What is described and drawn. ``image_audit``: the scib-metrics batch/biology audit of each cell's image
-    features; ``umap``: UMAPs of the image features of ``umap_fold`` (default: the first fold);
+    """What is described and drawn. ``image_audit``: the scib-metrics batch/biology audit and the patient-prediction
+    AUC of each cell's image features (the first seed's, when there are several); ``target_audit``: the same audit of each fold's gene targets on its training
+    patients (was the target batch-agnostic at all?); ``umap``: UMAPs of the image features of ``umap_fold`` (default: the first fold);
     ``spot_map_method``: the method whose predictions are drawn over the H&E thumbnails (default: the best by
     mean balanced accuracy); ``thumbnail_px``: the longer side of those thumbnails."""
 
     image_audit: bool = True
+    target_audit: bool = True
     umap: bool = True
     umap_fold: str | None = None
     spot_map_method: str | None = None
@@ -151,6 +169,10 @@ class ExperimentConfig:
                 raise ConfigError(f"methods.{m.name}", "two methods share this name", "give every method its own name")
             seen.add(m.name)
             ccfg = m.config(self.contrastive)  # every method's own settings, checked whole
+            m.probe_config(self.probe)
+            if m.gene_encoder is None and ccfg.objective == "contrastive" and ccfg.shuffle_targets:
+                raise ConfigError(f"methods.{m.name}", "this method sets stage-2 options but has no gene target to train against",
+                                  "give it a gene_encoder and a loss, or objective: supervised")
             if m.gene_encoder is not None:
                 for capability in ccfg.gene_capabilities():
                     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anndata as ad
 
+from stguide.contrastive.config import ContrastiveConfig
 from stguide.data.model import write_dataset
 from stguide.data.patches import extract_patches
 from stguide.data.readers import read
@@ -44,14 +45,38 @@ def methods_paragraph(cfg: ExperimentConfig, results: dict) -> str:
         "fold's leakage_audit.json, and a fold whose audit shows the held-out patient is refused. "
         f"scVI/scANVI: latent {s.n_latent}, {s.n_layers} layer(s) of {s.n_hidden}, {s.gene_likelihood} likelihood, "
         f"{s.max_epochs} epochs (scANVI +{g.scanvi.max_epochs}), patient as the batch; scANVI saw the training patients' labels only. "
-        f"Contrastive stage: backbone {c.backbone} with init '{c.init}' shared by every contrastive method, projection heads "
+        + _targets_sentence(results) +
+        f"Contrastive stage: backbone {c.backbone} with init '{c.init}' shared by every contrastive method, "
+        + _trunk_sentence(c) + "projection heads "
         f"to {c.embed_dim} dimensions, symmetric InfoNCE family (loss per method), τ initialised at {c.temperature} "
         f"({'learned' if c.learn_temperature else 'fixed'}), {c.epochs} epochs, batch {c.batch_size}, AdamW lr {c.lr:g}, "
         f"{'with' if c.augment else 'without'} augmentation, seed {c.seed}. "
         f"Scoring: frozen {cfg.probe.features} features of the held-out patient's labelled spots "
         f"(excluding {', '.join(cfg.exclude_labels) or 'nothing'}); class-balanced logistic regression with C in "
-        f"{list(cfg.probe.Cs)} chosen by inner cross-validation over training patients, and a cosine {cfg.probe.k}-NN."
+        f"{list(cfg.probe.Cs)} chosen by inner cross-validation over training patients, and a cosine {cfg.probe.k}-NN"
+        + (" (methods may override the probed features; see the config)" if any(m.probe for m in cfg.all_methods()) else "") + ". "
+        + ("Features were centred per patient before the probes: label-free but transductive, the held-out patient's mean "
+           "comes from its own unlabelled spots (recorded in leakage_audit.json). " if cfg.probe.centre == "patient" else "")
+        + (f"Every cell that depends on the seed ran {cfg.lopo.seeds} seeds; " if cfg.lopo.seeds > 1 else "One seed per cell; ")
+        + (f"differences from `{cfg.lopo.baseline}` are paired by fold and seed, with a bootstrap 95 % CI."
+           if cfg.lopo.baseline and "methods" in results.get("comparisons", {}) else "no baseline comparison.")
     )
+
+
+def _trunk_sentence(c: ContrastiveConfig) -> str:
+    if c.trunk == "full":
+        return "trained end to end on images; "
+    what = "the whole trunk frozen (its pooled features cached)" if c.trunk == "frozen" else \
+        f"the trunk frozen up to its last {c.trunk_blocks} block(s), which train on cached activations"
+    return f"{what}, {c.views} cached views per patch (the plain patch and {c.views - 1} flipped/rotated/HED-jittered ones); "
+
+
+def _targets_sentence(results: dict) -> str:
+    t = results.get("targets", {})
+    if not t:
+        return ""
+    return ("Gene targets on the training patients (mean over folds): " + "; ".join(
+        f"{enc} iLISI {r.get('ilisi', float('nan')):.3f}, NMI {r.get('nmi', float('nan')):.3f}" for enc, r in t.items()) + ". ")
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | PathLike, progress: bool = True, command: str = "") -> dict:

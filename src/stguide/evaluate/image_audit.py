@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stguide.evaluate.audit import AuditConfig, audit, umap_coords
+from stguide.evaluate.audit import AuditConfig, audit, patient_auc, umap_coords
 from stguide.io import atomic_path, write_json_atomic
 
 
@@ -19,12 +19,15 @@ def load_features(cell: Path) -> dict[str, np.ndarray]:
 
 def describe_features(cell: Path, audit_on: bool = True, umap: bool = False, seed: int = 0,
                       cfg: AuditConfig = AuditConfig()) -> None:
-    """Write ``image_audit.json`` (scib-metrics row) and/or ``umap.npz`` (2-D coordinates) into ``cell``."""
+    """Write ``image_audit.json`` (the scib-metrics row and the cross-validated patient-prediction AUC) and/or
+    ``umap.npz`` (2-D coordinates) into ``cell``."""
     f = load_features(cell)
     if audit_on:
         k = max(2, min(cfg.n_neighbors, len(f["x"]) // 4))
         row = audit({"x": f["x"]}, f["patient"], f["label"].astype(object), cfg=AuditConfig(k, cfg.max_spots, cfg.seed)).iloc[0]
-        write_json_atomic(cell / "image_audit.json", {c: float(v) for c, v in row.items()})
+        record = {c: float(v) for c, v in row.items()}
+        record["patient_auc"] = patient_auc(f["x"], f["patient"], seed=cfg.seed)
+        write_json_atomic(cell / "image_audit.json", record)
     if umap:
         with atomic_path(cell / "umap.npz", suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:

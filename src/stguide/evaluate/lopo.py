@@ -1,10 +1,10 @@
 """Leave-one-patient-out: for each fold, fit every component on the training patients only, then score frozen
-image features of the held-out patient. Each (fold, method) cell writes ``leakage_audit.json``; a fold whose audit
-shows a held-out patient in any fit is refused before anything is fitted."""
+image features of the held-out patient. Each (fold, method, seed) cell writes ``leakage_audit.json``; a fold whose
+audit shows a held-out patient in any fit is refused before anything is fitted."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +15,19 @@ import torch
 from stguide.contrastive.api import OBSM_BACKBONE, OBSM_HEAD, fit_image_encoder
 from stguide.contrastive.config import ContrastiveConfig
 from stguide.contrastive.encoders import build_image_encoder, effnet_lite0_available
+from stguide.contrastive.features import feature_cache
 from stguide.contrastive.train import extract_features
 from stguide.data.folds import Fold, assert_no_leak, lopo_folds
 from stguide.data.model import dataset_summary, labelled_mask
 from stguide.data.patches import PatchStore
 from stguide.errors import InputError, LeakageError
+from stguide.evaluate.audit import audit as scib_audit
 from stguide.evaluate.cache import data_key, finish_cell, key_matches, save_npz, start_cell
 from stguide.evaluate.config import ExperimentConfig, Method
 from stguide.evaluate.image_audit import describe_features
-from stguide.evaluate.metrics import summarise
-from stguide.evaluate.probes import score_probes
+from stguide.evaluate.metrics import mean_recalls, summarise
+from stguide.evaluate.probes import ProbeConfig, score_probes
+from stguide.evaluate.stats import bootstrap_ci, paired_differences
 from stguide.genes import GeneEncoder, get_encoder, load_encoder
 from stguide.io import fingerprint, write_json_atomic
 
@@ -39,6 +42,7 @@ class _Context:
     data_key: str
     progress: bool
     umap_fold: str | None
+    features_dir: Path
     encoders: dict = field(default_factory=dict)
 
 
@@ -46,7 +50,8 @@ def fold_gene_encoder(cfg: ExperimentConfig, adata: ad.AnnData, fold: Fold, name
                       progress: bool = False, memo: dict | None = None, dkey: str | None = None) -> GeneEncoder:
     """The gene encoder ``name`` of one fold, fitted on the fold's training spots only (with the experiment's
     ``exclude_labels``), saved in ``folder`` and reloaded from there while its key (its settings, the labels that
-    do not count, the data and the fold's training spots) is unchanged. ``memo`` keeps fitted encoders in memory."""
+    do not count, the data and the fold's training spots) is unchanged. ``memo`` keeps fitted encoders in memory.
+    With ``report.target_audit``, ``folder/target_audit.json`` describes its latent on the training patients."""
     enc = get_encoder(name, cfg.genes)
     key = fingerprint(enc.settings(), list(cfg.exclude_labels), dkey or data_key(adata), fingerprint(fold.train))
     if memo is not None and (name, key) in memo:
@@ -57,6 +62,11 @@ def fold_gene_encoder(cfg: ExperimentConfig, adata: ad.AnnData, fold: Fold, name
         enc.fit(adata[fold.train], batch_key="patient", labels_key="label", exclude_labels=cfg.exclude_labels, progress=progress)
         enc.save(folder)
         (folder / "key.txt").write_text(key)
+    if cfg.report.target_audit and not (folder / "target_audit.json").is_file():
+        train = adata[fold.train]
+        labels = train.obs["label"].astype(object).where(labelled_mask(train, cfg.exclude_labels), None).to_numpy()
+        row = scib_audit({"target": enc.transform(train)}, train.obs["patient"].astype(str).to_numpy(), labels).iloc[0]
+        write_json_atomic(folder / "target_audit.json", {c: float(v) for c, v in row.items()})
     if memo is not None:
         memo[(name, key)] = enc
     return enc
@@ -68,15 +78,65 @@ def _skip_reason(ccfg: ContrastiveConfig) -> str | None:
     return None
 
 
-def run_cell(ctx: _Context, m: Method, fold: Fold, out: Path) -> dict:
-    """Fit and score one method on one fold, or reload it when cached; returns its metrics (or ``{"skipped": why}``).
+def trains(m: Method, ccfg: ContrastiveConfig) -> bool:
+    """Whether a method trains anything (a gene-guided head or trunk, or the supervised control)."""
+    return m.gene_encoder is not None or ccfg.objective == "supervised"
+
+
+def seed_dependent(m: Method, ccfg: ContrastiveConfig) -> bool:
+    """Whether a method's result depends on the seed: it trains, or it scores a randomly initialised backbone."""
+    return trains(m, ccfg) or ccfg.init == "none"
+
+
+def _features(m: Method, ccfg: ContrastiveConfig, pcfg: ProbeConfig, ctx: _Context, fold: Fold, fold_dir: Path, cell: Path,
+              resume: bool, names: np.ndarray) -> np.ndarray:
+    """The probed features of the spots ``names``: backbone, head or both, after training when the method trains."""
+    adata, store, cfg = ctx.adata, ctx.store, ctx.cfg
+    if not trains(m, ccfg):
+        if ccfg.trunk != "full":  # the trunk's own features, from the cache the trained methods share
+            cache = feature_cache(store, ccfg.backbone, ccfg.init, ctx.features_dir, views=ccfg.views, view_seed=ccfg.view_seed,
+                                  progress=ctx.progress)
+            return np.asarray(cache.features[0, cache.rows(list(names))], dtype=np.float32)
+        torch.manual_seed(ccfg.seed)  # a random init must not depend on what ran before
+        backbone, transform = build_image_encoder(ccfg.backbone, ccfg.init, img_size=int(store.meta["out_px"]))
+        return extract_features(backbone, transform, store, list(names))
+    enc = fold_gene_encoder(cfg, adata, fold, m.gene_encoder, fold_dir / "genes" / m.gene_encoder, ctx.progress, ctx.encoders,
+                            ctx.data_key) if m.gene_encoder else None
+    _, _, emb = fit_image_encoder(ccfg, adata, store, enc, cell, train_mask=fold.train, exclude_labels=cfg.exclude_labels,
+                                  resume=resume, progress=ctx.progress, features_dir=ctx.features_dir)
+    take = emb.obs_names.get_indexer(names)
+    backbone, head = emb.obsm[OBSM_BACKBONE][take], emb.obsm[OBSM_HEAD][take]
+    if pcfg.features == "both":
+        return np.concatenate([backbone, head], axis=1)
+    use_head = pcfg.features == "head" or ccfg.freeze_backbone  # a frozen backbone learnt nothing: probe the head
+    return head if use_head else backbone
+
+
+def _centre(x: np.ndarray, patients: np.ndarray) -> np.ndarray:
+    """Each patient's mean feature subtracted from its spots (label-free, per patient)."""
+    out = x.astype(np.float32, copy=True)
+    for p in np.unique(patients):
+        out[patients == p] -= out[patients == p].mean(0)
+    return out
+
+
+def cell_path(out: Path, m: Method, ccfg: ContrastiveConfig, seeds: int, seed: int) -> Path:
+    """``folds/<fold>/<method>/``, with a ``seed<k>/`` level when the run has several seeds and the method depends on them."""
+    return out / m.name / f"seed{seed}" if seeds > 1 and seed_dependent(m, ccfg) else out / m.name
+
+
+def run_cell(ctx: _Context, m: Method, fold: Fold, out: Path, seed_index: int = 0) -> dict:
+    """Fit and score one method on one fold with one seed, or reload it when cached; returns its metrics (or
+    ``{"skipped": why}``).
 
     The leakage audit is computed before anything is fitted; a fold whose audit shows a held-out patient in any
     fit is refused (:class:`LeakageError`), and the refusal is written to the cell's ``leakage_audit.json``.
     """
     cfg, adata, store = ctx.cfg, ctx.adata, ctx.store
-    cell = out / m.name
-    ccfg = m.config(cfg.contrastive)
+    base = m.config(cfg.contrastive)
+    ccfg = replace(base, seed=base.seed + seed_index) if seed_dependent(m, base) else base
+    pcfg = m.probe_config(cfg.probe)
+    cell = cell_path(out, m, ccfg, cfg.lopo.seeds, ccfg.seed)
     skip = _skip_reason(ccfg)
     if skip:
         return {"skipped": skip}
@@ -88,8 +148,10 @@ def run_cell(ctx: _Context, m: Method, fold: Fold, out: Path) -> dict:
         raise InputError("config:lopo.folds", f"held-out {fold.held_out!r} has no labelled spot with an image patch",
                          "give the patient's labelled sections an image, or hold out another patient")
     masks: dict[str, np.ndarray] = {}
-    if m.contrastive_stage:
-        masks.update(gene_selection=fold.train, gene_encoder=fold.train, contrastive=fold.train & has_patch)
+    if m.gene_encoder:
+        masks.update(gene_selection=fold.train, gene_encoder=fold.train)
+    if trains(m, ccfg):
+        masks["contrastive"] = fold.train & has_patch
     masks["probe"] = probe_train
     try:
         audit: dict[str, Any] = {what: assert_no_leak(adata, fold, mk, what) for what, mk in masks.items()}
@@ -99,31 +161,30 @@ def run_cell(ctx: _Context, m: Method, fold: Fold, out: Path) -> dict:
                                                         **{w: sorted(set(pat[mk])) for w, mk in masks.items()}})
         raise
     audit["held_out"] = {"fold": fold.held_out, "patients": list(fold.patients), "n_scored_spots": int(test.sum())}
+    if pcfg.centre == "patient":
+        audit["probe_centring"] = {"patients": sorted(set(adata.obs["patient"].astype(str)[fold.test & has_patch])), "labels_used": False,
+                                   "note": "each patient's mean feature, the held-out patient's from its own unlabelled spots "
+                                           "(transductive), is subtracted before the probes"}
     genes = get_encoder(m.gene_encoder, cfg.genes).settings() if m.gene_encoder else None
-    key = fingerprint(asdict(m), asdict(ccfg), genes, asdict(cfg.probe), list(cfg.exclude_labels), ctx.data_key,
-                      store.path.name, fold.held_out, fingerprint(fold.train))
-    want_audit, want_umap = cfg.report.image_audit, fold.held_out == ctx.umap_fold
+    key = fingerprint(asdict(m), asdict(ccfg), genes, asdict(pcfg), list(cfg.exclude_labels), ctx.data_key, store.path.name,
+                      fold.held_out, fingerprint(fold.train))
+    want_audit, want_umap = cfg.report.image_audit and seed_index == 0, fold.held_out == ctx.umap_fold and seed_index == 0
     if key_matches(cell, key):
         _describe(cell, want_audit and not (cell / "image_audit.json").is_file(), want_umap and not (cell / "umap.npz").is_file(), ccfg.seed)
         return json.loads((cell / "metrics.json").read_text())
     resume = start_cell(cell, key)
     scored = probe_train | test
-    if m.gene_encoder is None:
-        torch.manual_seed(ccfg.seed)  # a random init must not depend on what ran before
-        backbone, transform = build_image_encoder(ccfg.backbone, ccfg.init, img_size=int(store.meta["out_px"]))
-        feats = extract_features(backbone, transform, store, list(names[scored]))
-    else:
-        enc = fold_gene_encoder(cfg, adata, fold, m.gene_encoder, out / "genes" / m.gene_encoder, ctx.progress, ctx.encoders, ctx.data_key)
-        _, _, emb = fit_image_encoder(ccfg, adata, store, enc, cell, train_mask=fold.train, exclude_labels=cfg.exclude_labels,
-                                      resume=resume, progress=ctx.progress)
-        use_head = cfg.probe.features == "head" or ccfg.freeze_backbone  # a frozen backbone learnt nothing: probe the head
-        feats = emb.obsm[OBSM_HEAD if use_head else OBSM_BACKBONE][scored]
+    featured = has_patch if pcfg.centre == "patient" else scored
+    feats = _features(m, ccfg, pcfg, ctx, fold, out, cell, resume, names[featured])
+    patients = adata.obs["patient"].astype(str).to_numpy()
+    if pcfg.centre == "patient":
+        feats = _centre(feats, patients[featured])
+    feats = feats[np.flatnonzero(scored[featured])]
     write_json_atomic(cell / "leakage_audit.json", audit)
     labels = adata.obs["label"].astype(str).to_numpy()
-    patients = adata.obs["patient"].astype(str).to_numpy()
     pos = {n: i for i, n in enumerate(names[scored])}
     xtr, xte = feats[[pos[n] for n in names[probe_train]]], feats[[pos[n] for n in names[test]]]
-    metrics, pred = score_probes(xtr, labels[probe_train], patients[probe_train], xte, labels[test], cfg.probe)
+    metrics, pred = score_probes(xtr, labels[probe_train], patients[probe_train], xte, labels[test], pcfg)
     save_npz(cell / "predictions.npz", obs_names=names[test], y_true=labels[test], y_pred=pred)
     save_npz(cell / "features.npz", obs_names=names[scored], x=feats.astype(np.float16), patient=patients[scored],
              label=labels[scored], test=test[scored])
@@ -138,33 +199,82 @@ def _describe(cell: Path, audit_on: bool, umap: bool, seed: int) -> None:
         describe_features(cell, audit_on=audit_on, umap=umap, seed=seed)
 
 
-def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_dir: str | Path, progress: bool = True) -> dict:
-    """Run every method of ``cfg`` on every fold; return the results (``methods``, ``dataset``, ``skipped``).
+def _over_seeds(runs: dict[int, dict]) -> dict:
+    """One fold's metrics averaged over its seeds (numbers and per-class recalls; the rest from the first seed)."""
+    if len(runs) == 1:
+        return next(iter(runs.values()))
+    mean, _ = summarise({str(s): r for s, r in runs.items()})
+    first = next(iter(runs.values()))
+    return {**{k: v for k, v in first.items() if k not in mean}, **mean,
+            "recall": mean_recalls({str(s): r for s, r in runs.items()}),
+            "knn_recall": mean_recalls({str(s): {"recall": r.get("knn_recall", {})} for s, r in runs.items()})}
 
-    Completed (method, fold) cells are cached under ``folds/<fold>/<method>/`` by a key of their settings and
-    inputs, so a re-run continues where an interrupted one stopped (and an interrupted training resumes from its
-    last checkpoint)."""
+
+def compare(per_seed: dict[str, dict[str, dict[int, dict]]], baseline: str, metrics: tuple[str, ...] = ("bacc", "knn_bacc"),
+            seed: int = 0) -> dict[str, dict]:
+    """Every method against ``baseline``: per fold and seed differences and their two-level bootstrap 95 % CI."""
+    out: dict[str, dict] = {}
+    for name, folds in per_seed.items():
+        if name == baseline:
+            continue
+        rows = {}
+        for metric in metrics:
+            d = paired_differences({f: {s: r[metric] for s, r in runs.items()} for f, runs in folds.items()},
+                                   {f: {s: r[metric] for s, r in runs.items()} for f, runs in per_seed[baseline].items()})
+            mean, lo, hi = bootstrap_ci(d, seed=seed)
+            rows[metric] = {"diff": mean, "ci95": [lo, hi], "per_fold": {f: float(np.mean(v)) for f, v in d.items()},
+                            "n_folds": len(d), "n_seeds": max((len(v) for v in d.values()), default=0)}
+        out[name] = rows
+    return out
+
+
+def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_dir: str | Path, progress: bool = True) -> dict:
+    """Run every method of ``cfg`` on every fold and seed; return the results (``methods``, ``dataset``,
+    ``comparisons`` with the baseline, ``skipped``).
+
+    Completed cells are cached under ``folds/<fold>/<method>/[seed<k>/]`` by a key of their settings and inputs, so
+    a re-run continues where an interrupted one stopped (and an interrupted end-to-end training resumes from its last
+    checkpoint). Trunk features (``trunk: frozen|partial``) are cached once for the run under ``features/``."""
     out = Path(out_dir)
     folds = lopo_folds(adata, cfg.lopo.folds, cfg.exclude_labels, by=cfg.lopo.fold_by)
     umap_fold = (cfg.report.umap_fold or folds[0].held_out) if cfg.report.umap else None
-    ctx = _Context(cfg, adata, store, data_key(adata), progress, umap_fold)
+    ctx = _Context(cfg, adata, store, data_key(adata), progress, umap_fold, out / "features")
     methods = cfg.all_methods()
-    per: dict[str, dict[str, dict]] = {m.name: {} for m in methods}
+    per_seed: dict[str, dict[str, dict[int, dict]]] = {m.name: {} for m in methods}
     skipped: dict[str, str] = {}
     for i, fold in enumerate(folds):
         if progress:
             print(f"fold {i + 1}/{len(folds)}: holding out {fold.held_out}", flush=True)
         for m in methods:
-            metr = run_cell(ctx, m, fold, out / "folds" / fold.held_out)
-            if "skipped" in metr:
-                skipped[m.name] = metr["skipped"]
-            else:
-                per[m.name][fold.held_out] = metr
+            n_seeds = cfg.lopo.seeds if seed_dependent(m, m.config(cfg.contrastive)) else 1
+            for s in range(n_seeds):
+                metr = run_cell(ctx, m, fold, out / "folds" / fold.held_out, s)
+                if "skipped" in metr:
+                    skipped[m.name] = metr["skipped"]
+                    break
+                per_seed[m.name].setdefault(fold.held_out, {})[s] = metr
     results: dict[str, Any] = {"methods": {}, "dataset": dataset_summary(adata)}
-    for name, folds_m in per.items():
+    for name, folds_m in per_seed.items():
         if folds_m:
-            mean, sd = summarise(folds_m)
-            results["methods"][name] = {"folds": folds_m, "mean": mean, "sd": sd}
+            per_fold = {f: _over_seeds(runs) for f, runs in folds_m.items()}
+            mean, sd = summarise(per_fold)
+            results["methods"][name] = {"folds": per_fold, "mean": mean, "sd": sd, "recall": mean_recalls(per_fold),
+                                        "knn_recall": mean_recalls({f: {"recall": r.get("knn_recall", {})} for f, r in per_fold.items()})}
+            if cfg.lopo.seeds > 1:
+                results["methods"][name]["seeds"] = {f: {str(s): r for s, r in runs.items()} for f, runs in folds_m.items()}
+    targets = {}
+    for enc in sorted({m.gene_encoder for m in methods if m.gene_encoder}):
+        files = sorted((out / "folds").glob(f"*/genes/{enc}/target_audit.json"))
+        if files:
+            recs = [json.loads(f.read_text()) for f in files]
+            targets[enc] = {k: float(np.mean([r[k] for r in recs])) for k in recs[0]}
+    if targets:
+        results["targets"] = targets
+    base = cfg.lopo.baseline
+    if base and base in results["methods"]:
+        results["comparisons"] = {"baseline": base, "methods": compare({k: v for k, v in per_seed.items() if v}, base)}
+    elif base:
+        results["comparisons"] = {"baseline": base, "skipped": f"the baseline {base!r} did not run in this experiment"}
     if skipped:
         results["skipped"] = skipped
     return results

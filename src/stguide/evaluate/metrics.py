@@ -21,6 +21,7 @@ def classification_metrics(y_true: ArrayLike, y_pred: ArrayLike, classes: Sequen
     yt, yp = np.asarray(y_true), np.asarray(y_pred)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", "A single label was found")  # a patient with one class (common in the 3-class view)
         return _scores(yt, yp, np.unique(yt))
 
 
@@ -48,3 +49,36 @@ def summarise(per_fold: dict[str, dict[str, float]]) -> tuple[dict[str, float], 
         mean[k] = float(np.mean(v))
         sd[k] = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
     return mean, sd
+
+
+THREE_CLASSES = {"invasive cancer": "invasive cancer", "cancer in situ": "cancer in situ"}
+"""The 3-class view: invasive cancer / cancer in situ / everything else (``other``)."""
+
+
+def three_class(y: ArrayLike) -> np.ndarray:
+    """Labels mapped to the 3-class view (invasive cancer, cancer in situ, other)."""
+    return np.array([THREE_CLASSES.get(str(c), "other") for c in np.asarray(y)], dtype=object)
+
+
+def class_recalls(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
+    """Recall of every class present in ``y_true`` (the fraction of its spots predicted as it)."""
+    yt, yp = np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str)
+    return {str(c): float(np.mean(yp[yt == c] == c)) for c in np.unique(yt)}
+
+
+def detailed_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, object]:
+    """:func:`classification_metrics` plus the recall per class (``recall``) and the balanced accuracy and
+    macro-F1 of the 3-class view (``bacc3``, ``macro_f1_3``)."""
+    m: dict[str, object] = dict(classification_metrics(y_true, y_pred))
+    three = classification_metrics(three_class(y_true), three_class(y_pred))
+    m.update(bacc3=three["bacc"], macro_f1_3=three["macro_f1"], recall=class_recalls(y_true, y_pred))
+    return m
+
+
+def mean_recalls(per_fold: dict[str, dict]) -> dict[str, float]:
+    """Mean over the folds where a class is present of its recall (``metrics["recall"]``)."""
+    by_class: dict[str, list[float]] = {}
+    for m in per_fold.values():
+        for c, r in m.get("recall", {}).items():
+            by_class.setdefault(c, []).append(r)
+    return {c: float(np.mean(v)) for c, v in by_class.items()}

@@ -13,24 +13,28 @@ from sklearn.preprocessing import StandardScaler
 
 from stguide.config import FromDict
 from stguide.errors import InputError
-from stguide.evaluate.metrics import classification_metrics, missing_classes
+from stguide.evaluate.metrics import classification_metrics, detailed_metrics, missing_classes
 
 
 @dataclass(frozen=True)
 class ProbeConfig(FromDict):
     """How frozen image features are scored (YAML section ``probe:``). ``features``: the representation probed,
-    the ``backbone`` output or the projection ``head``'s (the head is always probed when the backbone was frozen
-    in training, since the backbone learnt nothing). ``Cs``: grid of inverse regularisation strengths for the
+    the ``backbone`` output (for ``trunk: frozen``, the trunk's own features), the projection ``head``'s, or
+    ``both`` side by side (backbone ‖ head). With ``freeze_backbone`` in end-to-end training the head is probed,
+    since the backbone learnt nothing. ``centre: patient`` subtracts each patient's mean feature before the probes
+    (label-free but transductive: the held-out patient's mean comes from its own unlabelled spots; recorded in the
+    leakage audit). ``Cs``: grid of inverse regularisation strengths for the
     linear probe, chosen by balanced accuracy in an inner cross-validation whose folds are training patients (a
     single C is used when there is one training patient). ``max_iter``: solver iterations. ``k``: neighbours of
     the cosine kNN probe."""
 
     section: ClassVar[str] = "probe"
 
-    features: Literal["backbone", "head"] = "backbone"
+    features: Literal["backbone", "head", "both"] = "backbone"
     Cs: tuple[float, ...] = (0.01, 0.1, 1.0)
     max_iter: int = 2000
     k: int = 15
+    centre: Literal["none", "patient"] = "none"
 
 
 def _check(y: np.ndarray, where: str) -> None:
@@ -73,13 +77,14 @@ def score_probes(xtr: np.ndarray, ytr: np.ndarray, groups: np.ndarray, xte: np.n
                  cfg: ProbeConfig = ProbeConfig()) -> tuple[dict, np.ndarray]:
     """Fit both probes on the training spots and score the test spots.
 
-    Returns (metrics, linear-probe predictions): the linear probe's metrics, the kNN's with a ``knn_`` prefix,
-    ``n_train``, ``n_test``, the chosen ``C`` and the training classes absent from the test set.
+    Returns (metrics, linear-probe predictions): the linear probe's metrics (:func:`detailed_metrics`: with the recall
+    per class and the 3-class view), the kNN's with a ``knn_`` prefix, ``n_train``, ``n_test``, the chosen ``C`` and
+    the training classes absent from the test set.
     """
     lin, C, _ = fit_linear_probe(xtr, ytr, groups, cfg)
     knn = fit_knn_probe(xtr, ytr, cfg)
     pred = lin.predict(xte)
-    m: dict[str, Any] = dict(classification_metrics(yte, pred))
-    m.update({f"knn_{k}": v for k, v in classification_metrics(yte, knn.predict(xte)).items()})
+    m: dict[str, Any] = detailed_metrics(yte, pred)
+    m.update({f"knn_{k}": v for k, v in detailed_metrics(yte, knn.predict(xte)).items()})
     m.update(n_train=int(len(ytr)), n_test=int(len(yte)), C=float(C), missing_classes=missing_classes(yte, sorted(set(ytr))))
     return m, pred

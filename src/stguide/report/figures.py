@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from stguide.io import atomic_path
+from stguide.report.runfolder import cells
 
 THUMBS = "report_data"
 
@@ -41,17 +42,13 @@ def _grid(n: int, max_cols: int, w: float, h: float):
     return fig, axes.ravel()[:n]
 
 
-def _cells(run: Path, method: str) -> list[Path]:
-    return sorted(p / method for p in (run / "folds").iterdir() if (p / method / "metrics.json").is_file()) if (run / "folds").is_dir() else []
-
-
 def confusion_figure(run: Path, methods: list[str], classes: list[str], path: Path) -> Path | None:
     """Row-normalised confusion matrices (held-out spots of all folds pooled), one panel per method."""
     from sklearn.metrics import confusion_matrix
 
     mats = {}
     for m in methods:
-        preds = [np.load(c / "predictions.npz", allow_pickle=False) for c in _cells(run, m) if (c / "predictions.npz").is_file()]
+        preds = [np.load(c / "predictions.npz", allow_pickle=False) for c in cells(run, m) if (c / "predictions.npz").is_file()]
         if preds:
             yt = np.concatenate([p["y_true"] for p in preds])
             yp = np.concatenate([p["y_pred"] for p in preds])
@@ -99,7 +96,7 @@ def umap_figure(run: Path, methods: list[str], path: Path) -> Path | None:
     """UMAPs of each method's image features in the UMAP fold, coloured by patient and by label."""
     coords = {}
     for m in methods:
-        for c in _cells(run, m):
+        for c in cells(run, m):
             if (c / "umap.npz").is_file():
                 z = np.load(c / "umap.npz", allow_pickle=False)
                 coords[f"{m} (fold {c.parent.name})"] = (z["xy"], z["patient"], z["label"])
@@ -110,7 +107,7 @@ def training_figure(run: Path, methods: list[str], path: Path) -> Path | None:
     """Training loss per epoch of each contrastive method, one line per fold."""
     curves: dict[str, dict[str, pd.Series]] = {}
     for m in methods:
-        for c in _cells(run, m):
+        for c in cells(run, m):
             f = c / "logs" / "metrics.csv"
             if f.is_file():
                 df = pd.read_csv(f)
@@ -180,7 +177,7 @@ def spot_map_figures(run: Path, method: str, classes: list[str], out_dir: Path) 
 
     colours = dict(zip(classes, plt.get_cmap("tab10").colors, strict=False))
     paths = []
-    for cell in _cells(run, method):
+    for cell in cells(run, method):
         p = np.load(cell / "predictions.npz", allow_pickle=False)
         idx = np.array([pos[n] for n in p["obs_names"]])
         secs = spots["section"][idx]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from stguide.io import write_text_atomic
+from stguide.report.runfolder import cells, mean_json
 
 HEADLINE = [("bacc", "balanced acc."), ("macro_f1", "macro-F1"), ("acc", "accuracy"), ("weighted_f1", "weighted F1"), ("kappa", "Cohen's κ")]
 
@@ -51,20 +52,57 @@ def ablation_table(results: dict) -> str | None:
     return method_table(sub)
 
 
+def _table(rows: dict[str, dict[str, float]], first: str = "method") -> str:
+    cols = list(dict.fromkeys(c for r in rows.values() for c in r))
+    out = f"| {first} | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+    for name, r in rows.items():
+        out += f"| {name} | " + " | ".join("–" if r.get(c) is None or r[c] != r[c] else f"{r[c]:.3f}" for c in cols) + " |\n"
+    return out
+
+
 def image_audit_table(run: Path, results: dict) -> str | None:
-    """Mean over folds of each method's scib-metrics audit of its image features (patient = batch, label = biology)."""
+    """Mean over folds (and seeds) of each method's audit of its image features: scib-metrics (patient = batch,
+    label = biology) and the cross-validated patient-prediction AUC."""
     rows = {}
     for name in results["methods"]:
-        vals = [json.loads(f.read_text()) for f in sorted((run / "folds").glob(f"*/{name}/image_audit.json"))]
-        if vals:
-            rows[name] = {k: sum(v[k] for v in vals) / len(vals) for k in vals[0]}
-    if not rows:
+        row = mean_json([c / "image_audit.json" for c in cells(run, name, all_seeds=True) if (c / "image_audit.json").is_file()])
+        if row:
+            rows[name] = row
+    return _table(rows) if rows else None
+
+
+def target_audit_table(results: dict) -> str | None:
+    """Each gene encoder's target audit on its folds' training patients (mean over folds, from ``results.json``)."""
+    rows = results.get("targets", {})
+    return _table(rows, "gene target") if rows else None
+
+
+def comparison_table(results: dict) -> str | None:
+    """Each method minus the baseline, paired by fold and seed, with the bootstrap 95 % CI."""
+    comp = results.get("comparisons", {})
+    if "methods" not in comp:
         return None
-    cols = list(next(iter(rows.values())))
-    out = "| method | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
-    for name, r in rows.items():
-        out += f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |\n"
+    out = (f"| method | Δ balanced acc. vs {comp['baseline']} (linear) | 95 % CI | Δ kNN balanced acc. | 95 % CI | Δ per fold (linear) "
+           "| folds × seeds |\n|---|---|---|---|---|---|---|\n")
+    for name, rows in comp["methods"].items():
+        lin, knn = rows["bacc"], rows["knn_bacc"]
+        folds = ", ".join(f"{f} {d:+.3f}" for f, d in lin["per_fold"].items())
+        out += (f"| {name} | {lin['diff']:+.3f} | [{lin['ci95'][0]:+.3f}, {lin['ci95'][1]:+.3f}] | {knn['diff']:+.3f} | "
+                f"[{knn['ci95'][0]:+.3f}, {knn['ci95'][1]:+.3f}] | {folds} | {lin['n_folds']} × {lin['n_seeds']} |\n")
     return out
+
+
+def recall_table(results: dict, prefix: str = "") -> str | None:
+    """Recall per class (mean over the folds where the class is present, as ``results.json`` records it) and the
+    3-class view (invasive cancer / cancer in situ / other)."""
+    rows = {}
+    for name, m in results["methods"].items():
+        row: dict[str, float] = dict(sorted(m.get(f"{prefix}recall", {}).items()))
+        if f"{prefix}bacc3" in m["mean"]:
+            row["3-class bacc"], row["3-class macro-F1"] = m["mean"][f"{prefix}bacc3"], m["mean"][f"{prefix}macro_f1_3"]
+        if row:
+            rows[name] = row
+    return _table(rows) if rows else None
 
 
 def _figures(figs: dict, kind: str, heading: str) -> list[str]:
@@ -73,7 +111,7 @@ def _figures(figs: dict, kind: str, heading: str) -> list[str]:
 
 
 def render_markdown(results: dict, title: str = "stguide report", figures: dict | None = None,
-                    image_audit: str | None = None) -> str:
+                    image_audit: str | None = None, target_audit: str | None = None) -> str:
     d = results.get("dataset", {})
     sources = d.get("label_sources", {})
     proxy = sources.get("proxy", 0)
@@ -108,6 +146,19 @@ def render_markdown(results: dict, title: str = "stguide report", figures: dict 
         "## Macro-F1 per held-out patient (linear probe)",
         fold_table(results, "macro_f1"),
     ]
+    comp = comparison_table(results)
+    if comp:
+        lines += [f"## Against the baseline ({results['comparisons']['baseline']}), paired by fold and seed",
+                  "Δ = method − baseline on the same held-out patient and seed (a baseline that does not depend on the seed is "
+                  "paired with every seed). 95 % CI: bootstrap over folds, and over seeds within each drawn fold (10,000 "
+                  "replicates). With few patients the interval is wide; an interval that includes 0 is no evidence of a "
+                  "difference.", "", comp]
+    elif results.get("comparisons", {}).get("skipped"):
+        lines += ["## Against the baseline", results["comparisons"]["skipped"] + ".", ""]
+    rec = recall_table(results)
+    if rec:
+        lines += ["## Recall per class and the 3-class view (linear probe; mean over the folds where a class is present)",
+                  "3-class: invasive cancer / cancer in situ / everything else.", "", rec]
     if results.get("skipped"):
         lines += ["## Methods not run", ""] + [f"- {m}: {why}" for m, why in results["skipped"].items()] + [""]
     abl = ablation_table(results)
@@ -119,7 +170,13 @@ def render_markdown(results: dict, title: str = "stguide report", figures: dict 
         lines += ["## Batch audit of the image embeddings",
                   "scib-metrics on each fold's image features of the labelled spots (training and held-out patients), patient as "
                   "the batch and label as the biology, averaged over folds; 0-1, higher is better. High batch scores mean the "
-                  "image features do not separate patients.", "", image_audit]
+                  "image features do not separate patients. `patient_auc`: how well a cross-validated logistic regression "
+                  "tells the patients apart from the same features (0.5: not at all, 1: perfectly).", "", image_audit]
+    if target_audit:
+        lines += ["## Gene targets on the training patients",
+                  "The same audit of each fold's gene-encoder latent (the contrastive target) on the spots it was fitted on, "
+                  "averaged over folds: was the target batch-agnostic at all (iLISI, kBET), and does it keep the tissue "
+                  "(label metrics)?", "", target_audit]
     figs = figures or {}
     if figs:
         lines += ["## Figures", ""]
@@ -173,9 +230,11 @@ def write_report(run_dir: str | PathLike) -> Path:
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
     figures = write_figures(run_dir, results) if (run_dir / "folds").is_dir() else {}
-    audit = image_audit_table(run_dir, results) if (run_dir / "folds").is_dir() else None
+    has_folds = (run_dir / "folds").is_dir()
+    audit = image_audit_table(run_dir, results) if has_folds else None
+    targets = target_audit_table(results)
     title = "stguide experiment report" if results.get("kind") == "experiment" else "stguide report"
-    md = render_markdown(results, title, figures, audit)
+    md = render_markdown(results, title, figures, audit, targets)
     body = markdown.markdown(md, extensions=["tables"])
     write_text_atomic(run_dir / "report.html", HTML.format(title=title, body=body))
     return write_text_atomic(run_dir / "report.md", md)
