@@ -7,8 +7,11 @@ encoders, then `run_experiment` itself (every method × fold × seed cell on cac
 and the report). It also times, in the same process, one cell's head training against the trunk's forward pass
 over the same training spots (one view) — the ratio the issue asks for.
 
-Usage: python benchmarks/stage2_cached.py [--config experiments/her2st-frozen.yaml] [--run runs/stage2-cached]
-       [--out benchmarks/results/stage2_cached]
+Usage: python benchmarks/stage2_cached.py [--config experiments/her2st-frozen.yaml] [--only METHOD ...]
+       [--run runs/stage2-cached] [--out benchmarks/results/stage2_cached]
+--only (default: the issue's matrix: the controls imagenet, shuffled, supervised and the targets clip, bleep,
+ours-scvi, ours-scanvi, plus the config's loss ablation) keeps those methods of the config; the other arms of
+experiments/her2st-frozen.yaml (trunk ‖ head probes, per-patient batching, adversary, centring) are not timed.
 Writes results.json and table.md in --out. The run folder --run must not exist (each part is timed from scratch);
 it holds the experiment's full output afterwards (results.json, report.md, ...).
 """
@@ -37,10 +40,16 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="experiments/her2st-frozen.yaml")
+    ap.add_argument("--only", nargs="*", default=["imagenet", "shuffled", "supervised", "clip", "bleep", "ours-scvi", "ours-scanvi"],
+                    help="the methods to time (the loss ablation is added by the config); default: the issue's matrix")
     ap.add_argument("--run", default="runs/stage2-cached")
     ap.add_argument("--out", default="benchmarks/results/stage2_cached")
     args = ap.parse_args()
     cfg = load_config(args.config)
+    if args.only:
+        from dataclasses import replace
+
+        cfg = replace(cfg, methods=tuple(m for m in cfg.methods if m.name in args.only))
     out, run = Path(args.out), Path(args.run)
     if run.exists():
         raise SystemExit(f"{run} exists: give a new --run folder, so that every part is timed from scratch")
@@ -63,7 +72,8 @@ def main() -> None:
     encoders = sorted({m.gene_encoder for m in cfg.all_methods() if m.gene_encoder})
     timed("gene encoders (all folds)", lambda: [fold_gene_encoder(cfg, adata, f, e, run / "folds" / f.held_out / "genes" / e)
                                                 for f in folds for e in encoders])
-    command = f"python benchmarks/stage2_cached.py --config {args.config} --run {args.run} --out {args.out}"
+    command = f"python benchmarks/stage2_cached.py --config {args.config} --run {args.run} --out {args.out}" + \
+        (f" --only {' '.join(args.only)}" if args.only else "")
     results = timed("matrix: cells, probes, audits, report", lambda: run_experiment(cfg, run, progress=False, command=command))
 
     # one cell's head training against the trunk's forward pass over the same spots

@@ -164,6 +164,9 @@ def test_paired_bootstrap_ci_on_a_hand_made_example():
     assert d["A"] == pytest.approx([0.1, 0.2]) and d["B"] == pytest.approx([0.1, 0.2])
     mean, lo, hi = bootstrap_ci(d, n_boot=2000)
     assert mean == pytest.approx(0.15) and 0.1 - 1e-9 <= lo <= mean <= hi <= 0.2 + 1e-9
+    # two seed-dependent methods pair seed with seed; a seed only one of them ran is left out
+    d = paired_differences({"A": {0: 0.5, 1: 0.6, 2: 0.9}}, {"A": {0: 0.4, 1: 0.4}})
+    assert d["A"] == pytest.approx([0.1, 0.2])
 
 
 def test_bad_trunk_settings_are_one_line_errors():

@@ -117,8 +117,10 @@ class ContrastiveModule(L.LightningModule):
         # exactly what an uninterrupted one would
         torch.manual_seed(hash((self.seed, self.current_epoch, batch_idx)) % 2**62)
 
+    foreach: bool | None = None  # None: PyTorch's choice (end-to-end training); True: the multi-tensor AdamW (cached heads)
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, foreach=self.foreach)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.max_epochs, 1))
         return {"optimizer": opt, "lr_scheduler": sched}

@@ -40,8 +40,9 @@ class Method:
     ``init`` is scored as is, or, with ``contrastive: {objective: supervised}``, a head trained on the training
     labels), the image ``init`` and ``backbone`` (None: the contrastive config's), extra ``loss_kwargs``,
     ``contrastive`` (any other :class:`ContrastiveConfig` field for this method only, e.g. ``{supcon_labels: scanvi}``
-    or ``{trunk: partial}``) and ``probe`` (any :class:`ProbeConfig` field for this method only, e.g.
-    ``{features: both}``)."""
+    or ``{trunk: partial}``), ``probe`` (any :class:`ProbeConfig` field for this method only, e.g.
+    ``{features: both}``) and ``seeds`` (this method's number of seeds, when it should differ from ``lopo.seeds``,
+    e.g. for a costly arm)."""
 
     name: str
     gene_encoder: str | None = None
@@ -51,8 +52,11 @@ class Method:
     loss_kwargs: dict = field(default_factory=dict)
     contrastive: dict = field(default_factory=dict)
     probe: dict = field(default_factory=dict)
+    seeds: int | None = None
 
     def __post_init__(self) -> None:
+        if self.seeds is not None and self.seeds < 1:
+            raise ConfigError("seeds", f"must be at least 1, got {self.seeds}", "remove it (the experiment's lopo.seeds) or set a count")
         if (self.gene_encoder is None) != (self.loss is None):
             missing = "loss" if self.loss is None else "gene_encoder"
             raise ConfigError(missing, f"method {self.name!r} has a {'gene_encoder' if missing == 'loss' else 'loss'} but no {missing}",
@@ -117,7 +121,8 @@ class LopoConfig(FromDict):
     section-level folds. ``seeds``: how many seeds each cell runs (the contrastive seed, +1, +2, …; each changes the
     head initialisation, the views drawn and the batch order; a method that neither trains nor draws a random
     initialisation runs once). ``baseline``: the method every other is compared with, per fold and seed, with a
-    bootstrap 95 % CI (``results.json: comparisons``; null: none)."""
+    bootstrap 95 % CI (``results.json: comparisons``; null: none). ``contrasts``: further pairs ``[a, b]`` compared
+    the same way (a − b), e.g. ``[ours-scvi, clip]`` (``results.json: contrasts``)."""
 
     section: ClassVar[str] = "lopo"
 
@@ -125,6 +130,7 @@ class LopoConfig(FromDict):
     fold_by: Literal["patient", "section"] = "patient"
     seeds: int = 1
     baseline: str | None = "imagenet"
+    contrasts: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -179,6 +185,11 @@ class ExperimentConfig:
                         encoder_class(m.gene_encoder).require(capability)
                     except ConfigError as e:
                         raise InputError(f"config:methods.{m.name}.{e.key}", e.problem, e.fix) from None
+
+        for i, (a, b) in enumerate(self.lopo.contrasts):
+            for name in (a, b):
+                if name not in seen:
+                    raise ConfigError(f"lopo.contrasts[{i}]", f"{name!r} is not a method of this experiment", f"use names among {sorted(seen)}")
 
     def all_methods(self) -> tuple[Method, ...]:
         """The configured methods plus, with ``ablation``, the scANVI loss ablation."""

@@ -122,7 +122,7 @@ def _centre(x: np.ndarray, patients: np.ndarray) -> np.ndarray:
 
 def cell_path(out: Path, m: Method, ccfg: ContrastiveConfig, seeds: int, seed: int) -> Path:
     """``folds/<fold>/<method>/``, with a ``seed<k>/`` level when the run has several seeds and the method depends on them."""
-    return out / m.name / f"seed{seed}" if seeds > 1 and seed_dependent(m, ccfg) else out / m.name
+    return out / m.name / f"seed{seed}" if (m.seeds or seeds) > 1 and seed_dependent(m, ccfg) else out / m.name
 
 
 def run_cell(ctx: _Context, m: Method, fold: Fold, out: Path, seed_index: int = 0) -> dict:
@@ -210,22 +210,17 @@ def _over_seeds(runs: dict[int, dict]) -> dict:
             "knn_recall": mean_recalls({str(s): {"recall": r.get("knn_recall", {})} for s, r in runs.items()})}
 
 
-def compare(per_seed: dict[str, dict[str, dict[int, dict]]], baseline: str, metrics: tuple[str, ...] = ("bacc", "knn_bacc"),
-            seed: int = 0) -> dict[str, dict]:
-    """Every method against ``baseline``: per fold and seed differences and their two-level bootstrap 95 % CI."""
-    out: dict[str, dict] = {}
-    for name, folds in per_seed.items():
-        if name == baseline:
-            continue
-        rows = {}
-        for metric in metrics:
-            d = paired_differences({f: {s: r[metric] for s, r in runs.items()} for f, runs in folds.items()},
-                                   {f: {s: r[metric] for s, r in runs.items()} for f, runs in per_seed[baseline].items()})
-            mean, lo, hi = bootstrap_ci(d, seed=seed)
-            rows[metric] = {"diff": mean, "ci95": [lo, hi], "per_fold": {f: float(np.mean(v)) for f, v in d.items()},
-                            "n_folds": len(d), "n_seeds": max((len(v) for v in d.values()), default=0)}
-        out[name] = rows
-    return out
+def contrast(a: dict[str, dict[int, dict]], b: dict[str, dict[int, dict]], metrics: tuple[str, ...] = ("bacc", "knn_bacc"),
+             seed: int = 0) -> dict[str, dict]:
+    """``a − b`` per fold and seed ({fold: {seed: metrics}} each) and the two-level bootstrap 95 % CI, per metric."""
+    rows = {}
+    for metric in metrics:
+        d = paired_differences({f: {s: r[metric] for s, r in runs.items()} for f, runs in a.items()},
+                               {f: {s: r[metric] for s, r in runs.items()} for f, runs in b.items()})
+        mean, lo, hi = bootstrap_ci(d, seed=seed)
+        rows[metric] = {"diff": mean, "ci95": [lo, hi], "per_fold": {f: float(np.mean(v)) for f, v in d.items()},
+                        "n_folds": len(d), "n_seeds": max((len(v) for v in d.values()), default=0)}
+    return rows
 
 
 def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_dir: str | Path, progress: bool = True) -> dict:
@@ -246,7 +241,7 @@ def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_di
         if progress:
             print(f"fold {i + 1}/{len(folds)}: holding out {fold.held_out}", flush=True)
         for m in methods:
-            n_seeds = cfg.lopo.seeds if seed_dependent(m, m.config(cfg.contrastive)) else 1
+            n_seeds = (m.seeds or cfg.lopo.seeds) if seed_dependent(m, m.config(cfg.contrastive)) else 1
             for s in range(n_seeds):
                 metr = run_cell(ctx, m, fold, out / "folds" / fold.held_out, s)
                 if "skipped" in metr:
@@ -260,7 +255,7 @@ def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_di
             mean, sd = summarise(per_fold)
             results["methods"][name] = {"folds": per_fold, "mean": mean, "sd": sd, "recall": mean_recalls(per_fold),
                                         "knn_recall": mean_recalls({f: {"recall": r.get("knn_recall", {})} for f, r in per_fold.items()})}
-            if cfg.lopo.seeds > 1:
+            if max(len(runs) for runs in folds_m.values()) > 1:
                 results["methods"][name]["seeds"] = {f: {str(s): r for s, r in runs.items()} for f, runs in folds_m.items()}
     targets = {}
     for enc in sorted({m.gene_encoder for m in methods if m.gene_encoder}):
@@ -272,9 +267,13 @@ def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_di
         results["targets"] = targets
     base = cfg.lopo.baseline
     if base and base in results["methods"]:
-        results["comparisons"] = {"baseline": base, "methods": compare({k: v for k, v in per_seed.items() if v}, base)}
+        results["comparisons"] = {"baseline": base, "methods": {k: contrast(v, per_seed[base]) for k, v in per_seed.items()
+                                                                if v and k != base}}
     elif base:
         results["comparisons"] = {"baseline": base, "skipped": f"the baseline {base!r} did not run in this experiment"}
+    ran = [(a, b) for a, b in cfg.lopo.contrasts if per_seed.get(a) and per_seed.get(b)]
+    if ran:
+        results["contrasts"] = [{"a": a, "b": b, **contrast(per_seed[a], per_seed[b])} for a, b in ran]
     if skipped:
         results["skipped"] = skipped
     return results

@@ -17,13 +17,18 @@ import numpy as np
 def paired_differences(method: Mapping[str, Mapping[int, float]], baseline: Mapping[str, Mapping[int, float]]
                        ) -> dict[str, list[float]]:
     """``{fold: [method − baseline for each seed]}`` over the folds both have; a baseline fold with one value (a
-    method that does not depend on the seed) is paired with every seed of the method."""
+    method that does not depend on the seed) is paired with every seed of the method, otherwise seeds pair with the
+    same seed (those only one side has are left out)."""
     out: dict[str, list[float]] = {}
     for fold, runs in method.items():
         if fold not in baseline:
             continue
         base = baseline[fold]
-        out[fold] = [float(v) - float(base[s] if s in base else next(iter(base.values()))) for s, v in sorted(runs.items())]
+        if len(base) == 1:
+            only = float(next(iter(base.values())))
+            out[fold] = [float(v) - only for _, v in sorted(runs.items())]
+        else:
+            out[fold] = [float(v) - float(base[s]) for s, v in sorted(runs.items()) if s in base]
     return out
 
 

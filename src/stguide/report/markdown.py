@@ -77,19 +77,29 @@ def target_audit_table(results: dict) -> str | None:
     return _table(rows, "gene target") if rows else None
 
 
-def comparison_table(results: dict) -> str | None:
-    """Each method minus the baseline, paired by fold and seed, with the bootstrap 95 % CI."""
-    comp = results.get("comparisons", {})
-    if "methods" not in comp:
-        return None
-    out = (f"| method | Δ balanced acc. vs {comp['baseline']} (linear) | 95 % CI | Δ kNN balanced acc. | 95 % CI | Δ per fold (linear) "
+def _diff_rows(pairs: list[tuple[str, dict]], what: str) -> str:
+    out = (f"| {what} | Δ balanced acc. (linear) | 95 % CI | Δ kNN balanced acc. | 95 % CI | Δ per fold (linear) "
            "| folds × seeds |\n|---|---|---|---|---|---|---|\n")
-    for name, rows in comp["methods"].items():
+    for name, rows in pairs:
         lin, knn = rows["bacc"], rows["knn_bacc"]
         folds = ", ".join(f"{f} {d:+.3f}" for f, d in lin["per_fold"].items())
         out += (f"| {name} | {lin['diff']:+.3f} | [{lin['ci95'][0]:+.3f}, {lin['ci95'][1]:+.3f}] | {knn['diff']:+.3f} | "
                 f"[{knn['ci95'][0]:+.3f}, {knn['ci95'][1]:+.3f}] | {folds} | {lin['n_folds']} × {lin['n_seeds']} |\n")
     return out
+
+
+def comparison_table(results: dict) -> str | None:
+    """Each method minus the baseline, paired by fold and seed, with the bootstrap 95 % CI."""
+    comp = results.get("comparisons", {})
+    if "methods" not in comp:
+        return None
+    return _diff_rows(list(comp["methods"].items()), f"method − {comp['baseline']}")
+
+
+def contrast_table(results: dict) -> str | None:
+    """The configured contrasts a − b, paired by fold and seed, with the bootstrap 95 % CI."""
+    rows = results.get("contrasts", [])
+    return _diff_rows([(f"{c['a']} − {c['b']}", c) for c in rows], "contrast") if rows else None
 
 
 def recall_table(results: dict, prefix: str = "") -> str | None:
@@ -155,6 +165,9 @@ def render_markdown(results: dict, title: str = "stguide report", figures: dict 
                   "difference.", "", comp]
     elif results.get("comparisons", {}).get("skipped"):
         lines += ["## Against the baseline", results["comparisons"]["skipped"] + ".", ""]
+    con = contrast_table(results)
+    if con:
+        lines += ["## Contrasts, paired by fold and seed", "Each row is the first method minus the second (same bootstrap).", "", con]
     rec = recall_table(results)
     if rec:
         lines += ["## Recall per class and the 3-class view (linear probe; mean over the folds where a class is present)",
