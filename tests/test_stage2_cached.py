@@ -180,3 +180,14 @@ def test_bad_trunk_settings_are_one_line_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ContrastiveConfig(backbone="tf_efficientnet_lite0", trunk="partial", trunk_blocks=7)
+
+
+def test_c_tolerance_takes_the_most_regularised_c_near_the_best():
+    from stguide.evaluate.probes import choose_c
+
+    # measured on real HER2ST (fold B, ImageNet trunk): three inner scores within 0.005; a 0.0004 change of the best
+    # flipped the choice from C = 0.01 to C = 1.0 and moved the held-out balanced accuracy by 0.06
+    scores = {0.01: 0.2429, 0.1: 0.2381, 1.0: 0.2431}
+    assert choose_c(scores) == 1.0 and choose_c(scores, 0.01) == 0.01
+    assert choose_c({0.01: 0.5, 0.1: 0.5, 1.0: 0.4}) == 0.01  # exact tie: the smaller C, as before
+    assert choose_c({0.01: float("nan"), 0.1: 0.3, 1.0: 0.31}, 0.005) == 1.0

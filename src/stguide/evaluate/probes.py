@@ -25,8 +25,10 @@ class ProbeConfig(FromDict):
     (label-free but transductive: the held-out patient's mean comes from its own unlabelled spots; recorded in the
     leakage audit). ``Cs``: grid of inverse regularisation strengths for the
     linear probe, chosen by balanced accuracy in an inner cross-validation whose folds are training patients (a
-    single C is used when there is one training patient). ``max_iter``: solver iterations. ``k``: neighbours of
-    the cosine kNN probe."""
+    single C is used when there is one training patient). ``c_tolerance``: the smallest C whose inner score is within
+    this of the best is taken (0: the best; with two or three training patients the inner scores of the grid often lie
+    within 0.001 of each other, and a tolerance keeps the choice from flipping on noise). ``max_iter``: solver
+    iterations. ``k``: neighbours of the cosine kNN probe."""
 
     section: ClassVar[str] = "probe"
 
@@ -35,6 +37,7 @@ class ProbeConfig(FromDict):
     max_iter: int = 2000
     k: int = 15
     centre: Literal["none", "patient"] = "none"
+    c_tolerance: float = 0.0
 
 
 def _check(y: np.ndarray, where: str) -> None:
@@ -45,6 +48,16 @@ def _check(y: np.ndarray, where: str) -> None:
 
 def _linear(C: float, max_iter: int):
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter))
+
+
+def choose_c(scores: dict[float, float], tolerance: float = 0.0) -> float:
+    """The most regularised (smallest) C whose inner score is within ``tolerance`` of the best one (``tolerance``
+    0: the best, the smallest C on an exact tie)."""
+    valid = {c: v for c, v in scores.items() if v == v}
+    if not valid:
+        return min(scores)
+    top = max(valid.values())
+    return min(c for c, v in valid.items() if v >= top - tolerance)
 
 
 def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeConfig = ProbeConfig()):
@@ -61,7 +74,7 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Prob
                     continue
                 s.append(classification_metrics(y[va], _linear(C, cfg.max_iter).fit(x[tr], y[tr]).predict(x[va]))["bacc"])
             scores[C] = float(np.mean(s)) if s else float("nan")
-        best = max(scores, key=lambda c: (np.nan_to_num(scores[c], nan=-1), -c))
+        best = choose_c(scores, cfg.c_tolerance)
     else:
         best = cfg.Cs[len(cfg.Cs) // 2]
     return _linear(best, cfg.max_iter).fit(x, y), best, scores
