@@ -36,6 +36,8 @@ MISSING_DATA = "data: {format: her2st, path: /nonexistent/her2st}\n"
     ("contrastive: {trunk: half}", "contrastive.trunk", "frozen"),
     ("contrastive: {batching: per-patient}", "contrastive.batching", "trunk: frozen"),
     ("lopo: {seeds: 0}", "lopo.seeds", "seeds"),
+    ("methods: [{name: '../x'}]", "name", "letters"),
+    ("methods: [{name: ours/seed1, gene_encoder: scvi, loss: clip}]", "name", "seed<k>"),
     ("lopo: {contrasts: [[ours-scvi, clipp]]}", "lopo.contrasts[0]", "ours-scanvi"),
     ("methods: [{name: m, gene_encoder: scvi, loss: clip, seeds: 0}]", "seeds", "lopo.seeds"),
     ("methods: [{name: m, contrastive: {shuffle_targets: true}}]", "methods.m", "gene_encoder"),

@@ -69,20 +69,20 @@ def test_a_damaged_cache_is_rebuilt_never_read(data, tmp_path):
 
 
 def test_frozen_trunk_features_are_the_pretrained_trunks_and_only_heads_train(data, tmp_path):
-    """`frozen`: the cached features are the untouched trunk's output (float16), and training moves the heads only."""
+    """`frozen`: the trunk is not part of what trains (the module's backbone is an identity over the cache, with no
+    parameter), and the cached features are the pretrained trunk's own output, so every trunk weight that produced
+    them is the pretrained one."""
     full, store, train, enc = data
     cfg = ContrastiveConfig(**TRUNK, trunk="frozen")
     module, _, emb = fit_image_encoder(cfg, full, store, enc, tmp_path / "run", train_mask=train, progress=False,
                                        features_dir=tmp_path / "features")
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the seed the cache builds its (here random-init) trunk with
     trunk, transform = build_image_encoder("resnet10t")
-    pretrained = _weights(trunk)
     trunk.eval()
     with torch.no_grad():
         ref = trunk(torch.stack([transform(store[i]) for i in range(8)])).numpy()
     cache = feature_cache(store, "resnet10t", "none", tmp_path / "features", views=3, progress=False)
     np.testing.assert_allclose(np.asarray(cache.features[0, :8], np.float32), ref, rtol=2e-3, atol=2e-3)
-    assert all(torch.equal(v, pretrained[k]) for k, v in _weights(trunk).items())
     assert isinstance(module.backbone, torch.nn.Identity) and not any(True for _ in module.backbone.parameters())
     np.testing.assert_allclose(emb.obsm["X_image_backbone"][:8], np.asarray(cache.features[0, :8], np.float32))
 

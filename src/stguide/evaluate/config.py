@@ -18,6 +18,7 @@ The demo is a preset of this file (``stguide/presets/demo.yaml``), run by the sa
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from os import PathLike
@@ -32,6 +33,9 @@ from stguide.data.readers import check_read
 from stguide.errors import InputError
 from stguide.evaluate.probes import ProbeConfig
 from stguide.genes import GeneConfig, encoder_class
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*")
+_SEED_DIR = re.compile(r"seed\d+")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,11 @@ class Method:
     seeds: int | None = None
 
     def __post_init__(self) -> None:
+        parts = self.name.split("/")
+        if not _NAME.fullmatch(self.name) or any(not p or p == ".." or _SEED_DIR.fullmatch(p) for p in parts):
+            raise ConfigError("name", f"method name {self.name!r} cannot name its cells' folder",
+                              "use letters, digits and _ . + - (a / nests an arm under its method, e.g. ours-scvi/partial; "
+                              "no part may be 'seed<k>')")
         if self.seeds is not None and self.seeds < 1:
             raise ConfigError("seeds", f"must be at least 1, got {self.seeds}", "remove it (the experiment's lopo.seeds) or set a count")
         if (self.gene_encoder is None) != (self.loss is None):
