@@ -71,6 +71,15 @@ def cmd_patches(args: argparse.Namespace) -> None:
     print(f"patch cache: {store.path} ({len(store)} patches, {store.meta['n_padded']} padded at the image border)")
 
 
+def _epochs_arg(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is neither 'auto' nor a number of epochs") from None
+
+
 def _gene_config(args: argparse.Namespace):
     """GeneConfig from the YAML's 'genes:' section, with --epochs (scvi.max_epochs) on top, validated up front."""
     from stguide.config import load_yaml
@@ -285,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     gf.add_argument("--encoder", default="scvi", choices=encoders, help="the gene encoder (default scvi)")
     gf.add_argument("--out", required=True, help="the encoder folder to write")
     gf.add_argument("--exclude-patients", nargs="*", help="patients to leave out of the fit (e.g. a held-out patient)")
-    gf.add_argument("--epochs", type=int, help="scVI/scANVI/SysVI epochs, genes.scvi.max_epochs (default from the config)")
+    gf.add_argument("--epochs", type=_epochs_arg, help="scVI/SysVI epochs, genes.scvi.max_epochs: a number or 'auto' "
+                    "(scvi-tools' rule; the default)")
     gf.add_argument("--config", help="a YAML file with a 'genes:' section (see docs/configuration.md)")
     exclude_labels(gf)
     gf.set_defaults(func=cmd_genes_fit)
@@ -299,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("--data", required=True)
     ga.add_argument("--encoders", nargs="+", default=encoders, help=f"gene encoders (default: all, {encoders})")
     ga.add_argument("--out", required=True, help="folder for audit.csv, audit.md, umap.png")
-    ga.add_argument("--epochs", type=int, help="scVI/scANVI/SysVI epochs")
+    ga.add_argument("--epochs", type=_epochs_arg, help="scVI/SysVI epochs: a number or auto")
     ga.add_argument("--config", help="a YAML file with a 'genes:' section")
     exclude_labels(ga)
     ga.set_defaults(func=cmd_genes_audit)
@@ -307,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     gl.add_argument("--data", required=True)
     gl.add_argument("--encoders", nargs="+", default=encoders, help=f"gene encoders (default: all, {encoders})")
     gl.add_argument("--out", required=True)
-    gl.add_argument("--epochs", type=int)
+    gl.add_argument("--epochs", type=_epochs_arg, help="scVI/SysVI epochs: a number or auto")
     gl.add_argument("--config", help="a YAML file with a 'genes:' section")
     gl.add_argument("--batch-key", default="patient", choices=["patient", "section"],
                     help="the batch the encoders correct for (default patient); folds always hold out whole patients")

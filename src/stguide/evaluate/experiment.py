@@ -44,7 +44,9 @@ def methods_paragraph(cfg: ExperimentConfig, results: dict) -> str:
         "model and each probe were fitted on the other patients' spots only; every fit's patients are recorded in the "
         "fold's leakage_audit.json, and a fold whose audit shows the held-out patient is refused. "
         f"scVI/scANVI: latent {s.n_latent}, {s.n_layers} layer(s) of {s.n_hidden}, {s.gene_likelihood} likelihood, "
-        f"{s.max_epochs} epochs (scANVI +{g.scanvi.max_epochs}), patient as the batch; scANVI saw the training patients' labels only. "
+        + _epochs_text(s.max_epochs, g.scanvi.max_epochs) + ", patient as the batch"
+        + (", the encoder seeing the patient too" if s.encode_covariates else " (the encoder never sees it)")
+        + "; scANVI saw the training patients' labels only. "
         + _targets_sentence(results) +
         f"Contrastive stage: backbone {c.backbone} with init '{c.init}' shared by every contrastive method, "
         + _trunk_sentence(c) + "projection heads "
@@ -61,6 +63,12 @@ def methods_paragraph(cfg: ExperimentConfig, results: dict) -> str:
         + (f"differences from `{cfg.lopo.baseline}` are paired by fold and seed, with a bootstrap 95 % CI."
            if cfg.lopo.baseline and "methods" in results.get("comparisons", {}) else "no baseline comparison.")
     )
+
+
+def _epochs_text(scvi_epochs: int | str, scanvi_epochs: int | str) -> str:
+    first = "epochs by scvi-tools' rule (400 up to 20,000 training spots, fewer beyond)" if scvi_epochs == "auto" \
+        else f"{scvi_epochs} epochs"
+    return first + (" (scANVI +2–10 by the same rule)" if scanvi_epochs == "auto" else f" (scANVI +{scanvi_epochs})")
 
 
 def _trunk_sentence(c: ContrastiveConfig) -> str:

@@ -118,6 +118,11 @@ class GeneEncoder(ABC):
             key, lacks, fix = _NEEDED_BY[capability]
             raise ConfigError(key, f"the {cls.name!r} gene encoder {lacks}", fix)
 
+    def query_mapping(self) -> dict[str, Any] | None:
+        """What the encoder fits on an unseen patient's spots when it embeds them (``None``: nothing, a plain pass).
+        The gene-side LOPO writes it into the fold's leakage audit."""
+        return None
+
     def predict(self, adata: ad.AnnData) -> np.ndarray:
         """A predicted class per spot (capability ``predict``)."""
         self.require(PREDICT)

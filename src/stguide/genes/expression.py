@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import anndata as ad
 import numpy as np
@@ -120,6 +120,13 @@ class HarmonyEncoder(PCAEncoder):
                 beta = np.linalg.solve(e, f)[1]
                 out[m] -= rb[:, [k]] * beta[None, :]
         return out.astype(np.float32)
+
+    def query_mapping(self) -> dict[str, Any] | None:
+        if self.config.harmony.query != "symphony":
+            return None
+        return {"labels_used": False, "method": "symphony",
+                "note": "Symphony mapping estimates the held-out patient's own offset from its unlabelled expression; "
+                        "the reference stays frozen"}
 
     def transform(self, adata: ad.AnnData) -> np.ndarray:
         z = super().transform(adata)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import warnings
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import anndata as ad
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 
 from stguide.errors import InputError
 from stguide.genes.base import FINETUNE, LABELS, PREDICT, GeneEncoder
+from stguide.genes.config import AUTO, auto_epochs, auto_scanvi_epochs
 from stguide.genes.expression import log_normalise
 from stguide.genes.registry import register
 from stguide.progress import training_progress
@@ -72,16 +73,30 @@ class SCVIEncoder(GeneEncoder):
             a.obs[LABEL_COL] = labels if isinstance(labels, str) else labels.to_numpy()
         return a
 
-    def _train_kwargs(self, n: int, epochs: int) -> dict:
+    def _train_kwargs(self, n: int, epochs: int, label: str | None = None, validation: bool | None = None) -> dict:
         c = self.config.scvi
-        val = 0.1 if c.early_stopping else 0.0
+        val = 0.1 if (c.early_stopping if validation is None else validation) else 0.0
         kw = dict(max_epochs=epochs, accelerator="cpu", devices=1, batch_size=safe_batch_size(n, c.batch_size, val),
-                  early_stopping=c.early_stopping, train_size=1.0 - val if val else 1.0, enable_model_summary=False, logger=False,
-                  **training_progress(self.progress, f"{self.name} ({n} spots)", epochs))
+                  early_stopping=bool(val), train_size=1.0 - val if val else 1.0, enable_model_summary=False, logger=False,
+                  **training_progress(self.progress, label or f"{self.name} ({n} spots)", epochs))
         if val:
             kw["validation_size"] = val
         kw.update(c.trainer_kwargs)
         return kw
+
+    def _train(self, stage: str, n: int, epochs: int | str, default: int, **extra) -> None:
+        """Train ``self.model`` (``epochs``: a number or ``auto`` → ``default``) and record in ``fitted_on.training``
+        the epochs and optimisation steps it took (fewer epochs than asked when early stopping ended it)."""
+        e = default if epochs == AUTO else int(epochs)
+        kw = self._train_kwargs(n, e, **extra)
+        self.model.train(**kw)
+        history = getattr(self.model, "history", None) or {}
+        ran = len(history["elbo_train"]) if "elbo_train" in history else e
+        n_train = int(round(n * kw["train_size"]))
+        steps = ran * -(-n_train // kw["batch_size"])
+        self.fitted_on.setdefault("training", {})[stage] = {"epochs_asked": e, "epochs": ran, "steps": steps,
+                                                          "batch_size": kw["batch_size"], "spots": n_train,
+                                                          "rule": "auto" if epochs == AUTO else "fixed"}
 
     def _fit(self, adata: ad.AnnData, batch_key: str, labels: np.ndarray | None) -> None:
         import scvi
@@ -90,7 +105,7 @@ class SCVIEncoder(GeneEncoder):
         with quiet():
             scvi.settings.seed = self.config.seed
             self.model = self._build(a)
-            self.model.train(**self._train_kwargs(a.n_obs, self.config.scvi.max_epochs))
+            self._train(self.name if self.name != "scanvi" else "scvi", a.n_obs, self.config.scvi.max_epochs, auto_epochs(a.n_obs))
         self.batches = list(a.obs[BATCH].astype("category").cat.categories)
 
     def _build(self, a: ad.AnnData):
@@ -99,21 +114,73 @@ class SCVIEncoder(GeneEncoder):
 
         c = self.config.scvi
         scvi.model.SCVI.setup_anndata(a, batch_key=BATCH)
-        model = scvi.model.SCVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers,
-                                dropout_rate=c.dropout_rate, gene_likelihood=c.gene_likelihood)
-        assert not model.module.encode_covariates, "the encoder must not see the batch"
+        model = scvi.model.SCVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers, dropout_rate=c.dropout_rate,
+                                gene_likelihood=c.gene_likelihood, dispersion=c.dispersion, encode_covariates=c.encode_covariates)
+        assert bool(model.module.encode_covariates) == c.encode_covariates, "the encoder must see the batch only when asked"
         return model
 
-    def _query(self, adata: ad.AnnData) -> ad.AnnData:
-        return self._setup_adata(adata[:, self.genes] if list(adata.var_names) != self.genes else adata,
-                                 self.batches[0])
+    @property
+    def batch_aware(self) -> bool:
+        """Whether the encoder reads the batch (then an unseen patient's spots need ``query``)."""
+        return self.config.scvi.encode_covariates
+
+    def _query(self, adata: ad.AnnData, batch: pd.Series | str | None = None) -> ad.AnnData:
+        """``adata`` on the encoder's genes, registered under ``batch`` (a placeholder training batch by default,
+        which a batch-free encoder never reads)."""
+        sub = adata[:, self.genes] if list(adata.var_names) != self.genes else adata
+        return self._setup_adata(sub, self.batches[0] if batch is None else batch)
+
+    def _latent(self, q: ad.AnnData, model=None) -> np.ndarray:
+        return np.asarray((model or self.model).get_latent_representation(q, give_mean=True), dtype=np.float32)
 
     def transform(self, adata: ad.AnnData) -> np.ndarray:
+        """The posterior mean of every spot. A batch-free encoder needs no batch. A batch-aware one encodes a spot of a
+        training patient under its own patient (read from the fit's ``batch_key`` column) and an unseen patient's
+        spots by ``scvi.query``: ``encode`` (the mean over every training patient) or ``scarches`` (a query model per
+        unseen patient, trained on those spots' expression only; labels are never read)."""
         self.counts(adata)  # checks the genes
         with quiet():
-            q = self._query(adata)
-            z = self.model.get_latent_representation(q, give_mean=True)
-        return np.asarray(z, dtype=np.float32)
+            if not self.batch_aware:
+                return self._latent(self._query(adata))
+            key = self.fitted_on.get("batch_key", "patient")
+            batches = adata.obs[key].astype(str).to_numpy() if key in adata.obs else np.full(adata.n_obs, "")
+            known = np.isin(batches, self.batches)
+            z = np.zeros((adata.n_obs, self.config.scvi.n_latent), dtype=np.float32)
+            if known.any():
+                z[known] = self._latent(self._query(adata[known], pd.Series(batches[known])))
+            for b in np.unique(batches[~known]):
+                m = batches == b
+                z[m] = self._unseen(adata[m], b)
+        return z
+
+    def query_mapping(self) -> dict[str, Any] | None:
+        if not (self.batch_aware and self.config.scvi.query == "scarches"):
+            return None
+        return {"labels_used": False, "method": "scarches",
+                "note": "scvi-tools load_query_data: reference weights frozen, the held-out patient's covariate weights "
+                        "trained on its unlabelled counts"}
+
+    def _unseen(self, adata: ad.AnnData, batch: str) -> np.ndarray:
+        """The latent of one unseen patient's spots (``scvi.query``)."""
+        if self.config.scvi.query == "scarches":
+            return self._scarches(adata, batch)
+        return np.mean([self._latent(self._query(adata, b)) for b in self.batches], axis=0)
+
+    def _scarches(self, adata: ad.AnnData, batch: str) -> np.ndarray:
+        """scvi-tools' reference mapping: ``load_query_data`` (reference weights frozen; the new patient's covariate
+        weights train) on this patient's spots, unlabelled, then the posterior mean."""
+        import scvi
+
+        q = self._query(adata, f"query:{batch}")
+        if LABEL_COL in self.model.adata.obs:
+            q.obs[LABEL_COL] = UNKNOWN  # a query spot's label is never read
+        scvi.settings.seed = self.config.seed
+        query = type(self.model).load_query_data(q, self.model, accelerator="cpu")
+        n = q.n_obs
+        e = auto_epochs(n) if self.config.scvi.query_epochs == AUTO else int(self.config.scvi.query_epochs)
+        kw = self._train_kwargs(n, e, label=f"{self.name} query mapping ({n} spots)", validation=False)
+        query.train(plan_kwargs={"weight_decay": 0.0}, **kw)
+        return self._latent(q, query)
 
     def _save(self, path: Path) -> None:
         from safetensors.torch import save_model
@@ -202,7 +269,7 @@ class SCANVIEncoder(SCVIEncoder):
         a.obs[LABEL_COL] = lab.to_numpy()
         with quiet():
             self.model = scvi.model.SCANVI.from_scvi_model(self.model, unlabeled_category=UNKNOWN, labels_key=LABEL_COL, adata=a)
-            self.model.train(**self._train_kwargs(a.n_obs, self.config.scanvi.max_epochs))
+            self._train("scanvi", a.n_obs, self.config.scanvi.max_epochs, auto_scanvi_epochs(a.n_obs))
         self.classes = classes
 
     def _build(self, a: ad.AnnData):
@@ -213,15 +280,16 @@ class SCANVIEncoder(SCVIEncoder):
         if LABEL_COL not in a.obs:
             return super()._build(a)  # the first stage of fit is a plain SCVI
         scvi.model.SCANVI.setup_anndata(a, labels_key=LABEL_COL, unlabeled_category=UNKNOWN, batch_key=BATCH)
-        return scvi.model.SCANVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers,
-                                 dropout_rate=c.dropout_rate, gene_likelihood=c.gene_likelihood)
+        return scvi.model.SCANVI(a, n_hidden=c.n_hidden, n_latent=c.n_latent, n_layers=c.n_layers, dropout_rate=c.dropout_rate,
+                                 gene_likelihood=c.gene_likelihood, dispersion=c.dispersion,
+                                 encode_covariates=c.encode_covariates)
 
     def registered_labels(self) -> list[str]:
         """The label categories the fitted scANVI model knows (the training classes plus ``Unknown``)."""
         return [str(x) for x in self.model.adata_manager.get_state_registry("labels").categorical_mapping]
 
-    def _query(self, adata: ad.AnnData) -> ad.AnnData:
-        q = super()._query(adata)
+    def _query(self, adata: ad.AnnData, batch: pd.Series | str | None = None) -> ad.AnnData:
+        q = super()._query(adata, batch)
         q.obs[LABEL_COL] = UNKNOWN
         return q
 
@@ -253,8 +321,10 @@ class SysVIEncoder(SCVIEncoder):
     """
 
     name = "sysvi"
+    reads = ("scvi", "sysvi")
     capabilities = frozenset()  # its encoder takes the batch: nothing batch-free to fine-tune
     torch_encoder = GeneEncoder.torch_encoder
+    batch_aware = True
 
     def _setup_adata(self, adata: ad.AnnData, batch, labels=None) -> ad.AnnData:
         a = super()._setup_adata(adata, batch, labels)
@@ -264,23 +334,18 @@ class SysVIEncoder(SCVIEncoder):
     def _build(self, a: ad.AnnData):
         from scvi.external import SysVI
 
-        c = self.config.scvi
+        c, v = self.config.scvi, self.config.sysvi
         SysVI.setup_anndata(a, batch_key=BATCH)
-        return SysVI(a, prior="vamp", n_latent=c.n_latent, n_hidden=c.n_hidden, n_layers=max(c.n_layers, 2),
-                     dropout_rate=c.dropout_rate)
+        return SysVI(a, prior=v.prior, n_prior_components=v.n_prior_components, n_latent=c.n_latent, n_hidden=c.n_hidden,
+                     n_layers=max(c.n_layers, 2), dropout_rate=c.dropout_rate)
 
-    def transform(self, adata: ad.AnnData) -> np.ndarray:
-        self.counts(adata)  # checks the genes
-        sub = adata[:, self.genes] if list(adata.var_names) != self.genes else adata
-        patients = adata.obs[self.fitted_on.get("batch_key", "patient")].astype(str).to_numpy() \
-            if self.fitted_on.get("batch_key", "patient") in adata.obs else np.full(adata.n_obs, "")
-        known = np.isin(patients, self.batches)
-        z = np.zeros((adata.n_obs, self.config.scvi.n_latent), dtype=np.float32)
-        with quiet():
-            if known.any():
-                q = self._setup_adata(sub[known], pd.Series(patients[known]))
-                z[known] = self.model.get_latent_representation(q, give_mean=True)
-            if (~known).any():
-                zs = [self.model.get_latent_representation(self._setup_adata(sub[~known], b), give_mean=True) for b in self.batches]
-                z[~known] = np.mean(zs, axis=0)
-        return z
+    def _train_kwargs(self, n: int, epochs: int, label: str | None = None, validation: bool | None = None) -> dict:
+        v = self.config.sysvi
+        kw = super()._train_kwargs(n, epochs, label, validation)
+        kw["plan_kwargs"] = {"z_distance_cycle_weight": v.cycle_weight, "max_kl_weight": v.kl_weight,
+                             **kw.get("plan_kwargs", {})}
+        return kw
+
+    def _unseen(self, adata: ad.AnnData, batch: str) -> np.ndarray:
+        """SysVI has no query mapping here: an unseen patient is encoded under every training patient, averaged."""
+        return np.mean([self._latent(self._query(adata, b)) for b in self.batches], axis=0)
