@@ -25,7 +25,8 @@ def _table(results: dict) -> None:
         for p, f in m["folds"].items():
             t.add_row(p, str(f["n_test"]), *(f"{f[k]:.3f}" for k in ("acc", "bacc", "macro_f1", "weighted_f1", "kappa", "knn_bacc")))
         mu, sd = m["mean"], m["sd"]
-        t.add_row("mean ± sd", "", *(f"{mu[k]:.3f} ± {sd[k]:.3f}" for k in ("acc", "bacc", "macro_f1", "weighted_f1", "kappa", "knn_bacc")))
+        if len(m["folds"]) > 1:  # one fold has no spread to show
+            t.add_row("mean ± sd", "", *(f"{mu[k]:.3f} ± {sd[k]:.3f}" for k in ("acc", "bacc", "macro_f1", "weighted_f1", "kappa", "knn_bacc")))
         console.print(t)
 
 

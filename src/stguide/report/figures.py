@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from stguide.io import atomic_path
+from stguide.report.palette import class_colour, class_colours
 from stguide.report.runfolder import cells
 
 THUMBS = "report_data"
@@ -84,7 +85,7 @@ def plot_umaps(coords: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], 
             ax = axes[r, c]
             for v in sorted(set(values)):
                 m = values == v
-                ax.scatter(emb[m, 0], emb[m, 1], s=3, label=v, alpha=0.7, c="lightgrey" if v == "unlabelled" else None)
+                ax.scatter(emb[m, 0], emb[m, 1], s=3, label=v, alpha=0.7, c=class_colour(v) if title == "label" else None)
             ax.set_title(f"{name}: {title}")
             ax.set_xticks([]), ax.set_yticks([])
             ax.legend(markerscale=4, fontsize=7, loc="best")
@@ -175,7 +176,7 @@ def spot_map_figures(run: Path, method: str, classes: list[str], out_dir: Path) 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Circle
 
-    colours = dict(zip(classes, plt.get_cmap("tab10").colors, strict=False))
+    colours = class_colours(classes)
     paths = []
     for cell in cells(run, method):
         p = np.load(cell / "predictions.npz", allow_pickle=False)

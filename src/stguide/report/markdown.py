@@ -15,7 +15,8 @@ HEADLINE = [("bacc", "balanced acc."), ("macro_f1", "macro-F1"), ("acc", "accura
 
 
 def method_table(results: dict, prefix: str = "") -> str:
-    """Markdown table of mean ± sd per method; the best mean of each column is bold."""
+    """Markdown table of mean ± sd per method (the mean alone when one fold has the metric); the best mean of each
+    column is bold."""
     methods = results["methods"]
     head = "| method | " + " | ".join(n for _, n in HEADLINE) + " |\n|---|" + "---|" * len(HEADLINE) + "\n"
     best = {k: max((m["mean"].get(prefix + k, float("-inf")) for m in methods.values()), default=None) for k, _ in HEADLINE}
@@ -27,7 +28,8 @@ def method_table(results: dict, prefix: str = "") -> str:
             if mu is None:
                 cells.append("–")
                 continue
-            s = f"{mu:.3f} ± {sd:.3f}"
+            n = sum(prefix + k in f for f in m.get("folds", {}).values())
+            s = f"{mu:.3f} ± {sd:.3f}" if n > 1 else f"{mu:.3f}"  # one fold has no spread to show
             cells.append(f"**{s}**" if mu == best[k] and len(methods) > 1 else s)
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
