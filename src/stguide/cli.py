@@ -229,6 +229,26 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {md} and {md.with_suffix('.html')}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from stguide.apply.bundle import export_bundle, load_bundle
+
+    out = export_bundle(args.run_dir, args.method, args.out, fold=args.fold, seed=args.seed)
+    b = load_bundle(out)
+    m = b.manifest
+    print(f"wrote {out}: {m['method']} trained without patient {m['fold']} ({m['backbone']}, trunk {m['trunk']}, "
+          f"{len(b.classes)} classes); see {out / 'MODEL_CARD.md'}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from stguide.apply.predict import predict_slide
+
+    s = predict_slide(args.slide, args.model, args.out, um_per_px=args.um_per_px, batch_size=args.batch_size,
+                      min_tissue=args.min_tissue, progress=not args.no_progress)
+    top = ", ".join(f"{c} {100 * f:.1f} %" for c, f in sorted(s["area_fraction"].items(), key=lambda kv: -kv[1]))
+    print(f"{s['n_tiles']} tiles of {s['tile_um']:g} µm at {s['um_per_px']:g} µm/px ({s['um_per_px_source']}): {top}")
+    print(f"wrote {args.out}/tiles.h5ad, map.png, tiles.geojson and summary.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser. Defaults and allowed names come from the config dataclasses and the registries."""
     from stguide.contrastive.config import ContrastiveConfig
@@ -354,6 +374,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild report.md and report.html (with figures) from a run folder")
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="write a model bundle (weights, probe, manifest, model card) from a run folder")
+    ex.add_argument("run_dir", help="the --out folder of `stguide experiment`")
+    ex.add_argument("--method", required=True, help="a method of the run, e.g. ours-scvi")
+    ex.add_argument("--fold", help="the fold whose model to export (the model trained without that patient; default: the first)")
+    ex.add_argument("--seed", type=int, default=0, help="which seed's model, for runs with several seeds (default 0)")
+    ex.add_argument("--out", required=True, help="the bundle folder to write")
+    ex.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("predict", help="apply a model bundle to a whole-slide image without ST (subtype map, tiles, GeoJSON)")
+    pr.add_argument("slide", help="svs, ndpi, mrxs, tiff (pyramidal or not), or a large JPEG/PNG")
+    pr.add_argument("--model", required=True, help="a bundle folder from `stguide export`")
+    pr.add_argument("--out", required=True, help="the output folder")
+    pr.add_argument("--um-per-px", type=float, help="the slide's µm per pixel at full resolution (default: from its metadata)")
+    pr.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass (default 64)")
+    pr.add_argument("--min-tissue", type=float, default=0.5, help="the tissue fraction a tile needs to be kept (default 0.5)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
     return p
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +81,7 @@ def check_image_encoder(name: str, init: str = "none") -> None:
 
 def build_image_encoder(
     name: str, init: str = "none", num_classes: int = 0, img_size: int | None = None
-) -> tuple[nn.Module, Callable[[np.ndarray], torch.Tensor]]:
+) -> tuple[nn.Module, Normalise]:
     """Build a timm model by name and its input transform.
 
     Parameters
@@ -135,8 +134,9 @@ def build_image_encoder(
     return model, make_transform(mean, std)
 
 
-class _Transform:
-    """uint8 H×W×3 (or PIL) → normalised float C×H×W tensor; picklable for data-loader workers."""
+class Normalise:
+    """uint8 H×W×3 (or PIL) → normalised float C×H×W tensor (``mean``, ``std``: per channel); picklable for
+    data-loader workers."""
 
     def __init__(self, mean, std) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -148,5 +148,5 @@ class _Transform:
         return (t - self.mean) / self.std
 
 
-def make_transform(mean, std) -> _Transform:
-    return _Transform(mean, std)
+def make_transform(mean, std) -> Normalise:
+    return Normalise(mean, std)

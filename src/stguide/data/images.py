@@ -88,11 +88,16 @@ class Level:
     array: np.ndarray | None = None
     slide: Any = None  # an openslide.OpenSlide, when read on demand
     slide_level: int = 0
+    lazy: Any = None  # a zarr array over a TIFF level (Y, X[, S]), when read on demand
+    lazy_axes: str = "YXS"
+    store: Any = None
 
     @property
     def size(self) -> tuple[int, int]:
         if self.array is not None:
             return self.array.shape[1], self.array.shape[0]
+        if self.lazy is not None:
+            return int(self.lazy.shape[self.lazy_axes.index("X")]), int(self.lazy.shape[self.lazy_axes.index("Y")])
         w, h = self.full_size
         return int(w / self.scale), int(h / self.scale)
 
@@ -100,6 +105,10 @@ class Level:
         """Level pixels [y0:y1, x0:x1], already clipped to the level."""
         if self.array is not None:
             return self.array[y0:y1, x0:x1]
+        if self.lazy is not None:
+            if self.lazy_axes.startswith("S"):
+                return _to_rgb(np.asarray(self.lazy[:, y0:y1, x0:x1]), self.lazy_axes)
+            return _to_rgb(np.asarray(self.lazy[y0:y1, x0:x1]), self.lazy_axes)
         region = self.slide.read_region(
             (int(x0 * self.scale), int(y0 * self.scale)), self.slide_level, (x1 - x0, y1 - y0)
         )
@@ -133,6 +142,8 @@ class Level:
     def close(self) -> None:
         if self.slide is not None:
             self.slide.close()
+        if self.store is not None:
+            self.store.close()
 
 
 def _pillow_level(path: Path, downsample: float) -> Level:
@@ -143,6 +154,27 @@ def _pillow_level(path: Path, downsample: float) -> Level:
         im.draft("RGB", (math.ceil(full[0] / d), math.ceil(full[1] / d)))
     arr = np.asarray(im.convert("RGB"))
     return Level(path, full[0] / arr.shape[1], full, array=arr)
+
+
+def _tiff_lazy_level(path: Path, downsample: float) -> Level:
+    """The coarsest pyramid level not coarser than ``downsample``, read region by region through zarr (memory stays
+    flat in the image's size)."""
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tf:
+        series = tf.series[0]
+        base = series.levels[0]
+        full = (int(base.shape[base.axes.index("X")]), int(base.shape[base.axes.index("Y")]))
+        index, best_ds = 0, 1.0
+        for i, lvl in enumerate(series.levels[1:], start=1):
+            ds = full[0] / lvl.shape[lvl.axes.index("X")]
+            if best_ds < ds <= downsample:
+                index, best_ds = i, ds
+        axes = series.levels[index].axes
+    store = tifffile.imread(path, aszarr=True, level=index)
+    z = zarr.open_array(store, mode="r")
+    return Level(path, best_ds, full, lazy=z, lazy_axes=axes, store=store)
 
 
 def _tiff_level(path: Path, downsample: float) -> Level:
@@ -199,10 +231,12 @@ def _stream_reduce(level, factor: int) -> np.ndarray:
     return out
 
 
-def open_level(path: str | PathLike, downsample: float = 1.0) -> Level:
+def open_level(path: str | PathLike, downsample: float = 1.0, lazy: bool = False) -> Level:
     """Open ``path`` at the coarsest stored or cheaply decodable level whose scale is at most ``downsample``.
 
     ``downsample`` is full-resolution pixels per output pixel of the patches to be cut; 1 reads full resolution.
+    ``lazy``: a TIFF is read region by region on demand instead of decoded into memory (for whole slides; OpenSlide
+    formats are always read on demand, JPEG/PNG never can be).
     Raises :class:`InputError` when the file is missing, truncated or not an image.
     """
     path = Path(path)
@@ -216,7 +250,7 @@ def open_level(path: str | PathLike, downsample: float = 1.0) -> Level:
             w, h = slide.dimensions
             return Level(path, float(slide.level_downsamples[lvl]), (int(w), int(h)), slide=slide, slide_level=lvl)
         if kind == "tiff":
-            return _tiff_level(path, downsample)
+            return _tiff_lazy_level(path, downsample) if lazy else _tiff_level(path, downsample)
         return _pillow_level(path, downsample)
 
 
@@ -231,3 +265,57 @@ def thumbnail(path: str | PathLike, width: int, height: int, max_px: int) -> tup
     finally:
         level.close()
     return thumb, max_px / side
+
+
+PLAUSIBLE_UM_PER_PX = (0.05, 20.0)  # microscopy scans; a default 72 dpi tag (353 µm/px) is not a scan's resolution
+
+
+def native_um_per_px(path: str | PathLike) -> float | None:
+    """The full-resolution µm per pixel recorded in the image's own metadata, or ``None`` when there is none (or
+    only an implausible one, such as a 72 dpi default). Read: OpenSlide's ``openslide.mpp-x``; for TIFF, the OME
+    ``PhysicalSizeX``, an Aperio ``MPP =`` description, or the resolution tags (cm or inch); for other formats,
+    Pillow's ``dpi``."""
+    path = Path(path)
+    with _reading(path):
+        kind = _kind(path)
+        value: float | None = None
+        if kind == "openslide":
+            import openslide
+
+            with openslide.OpenSlide(str(path)) as s:
+                mpp = s.properties.get(openslide.PROPERTY_NAME_MPP_X)
+                value = float(mpp) if mpp else None
+        elif kind == "tiff":
+            value = _tiff_um_per_px(path)
+        else:
+            with Image.open(path) as im:
+                dpi = im.info.get("dpi")
+                value = 25_400.0 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else None
+    lo, hi = PLAUSIBLE_UM_PER_PX
+    return value if value is not None and lo <= value <= hi else None
+
+
+def _tiff_um_per_px(path: Path) -> float | None:
+    import re
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        if tf.is_ome and tf.ome_metadata:
+            m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
+            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
+            if m:
+                factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
+                return float(m.group(1)) * factor
+        page = tf.pages.first
+        mpp = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
+        if mpp:
+            return float(mpp.group(1))
+        tags = page.tags
+        if "XResolution" in tags and "ResolutionUnit" in tags:
+            num, den = tags["XResolution"].value
+            res_unit = int(tags["ResolutionUnit"].value)
+            per_unit = num / den if den else 0.0
+            if per_unit > 0 and res_unit in (2, 3):  # inch, centimetre
+                return (25_400.0 if res_unit == 2 else 10_000.0) / per_unit
+    return None

@@ -26,7 +26,7 @@ from stguide.evaluate.cache import data_key, finish_cell, key_matches, save_npz,
 from stguide.evaluate.config import ExperimentConfig, Method
 from stguide.evaluate.image_audit import describe_features
 from stguide.evaluate.metrics import mean_recalls, summarise
-from stguide.evaluate.probes import ProbeConfig, score_probes
+from stguide.evaluate.probes import ProbeConfig, fit_and_score
 from stguide.evaluate.stats import bootstrap_ci, paired_differences
 from stguide.genes import GeneEncoder, get_encoder, load_encoder
 from stguide.io import fingerprint, write_json_atomic
@@ -184,8 +184,11 @@ def run_cell(ctx: _Context, m: Method, fold: Fold, out: Path, seed_index: int = 
     labels = adata.obs["label"].astype(str).to_numpy()
     pos = {n: i for i, n in enumerate(names[scored])}
     xtr, xte = feats[[pos[n] for n in names[probe_train]]], feats[[pos[n] for n in names[test]]]
-    metrics, pred = score_probes(xtr, labels[probe_train], patients[probe_train], xte, labels[test], pcfg)
-    save_npz(cell / "predictions.npz", obs_names=names[test], y_true=labels[test], y_pred=pred)
+    scored_probe = fit_and_score(xtr, labels[probe_train], patients[probe_train], xte, labels[test], pcfg)
+    metrics, pred = scored_probe.metrics, scored_probe.pred
+    save_npz(cell / "predictions.npz", obs_names=names[test], y_true=labels[test], y_pred=pred, proba=scored_probe.proba,
+             classes=scored_probe.linear["classes"])
+    save_npz(cell / "probe.npz", **scored_probe.linear)  # the linear probe as plain arrays (stguide export reads it)
     save_npz(cell / "features.npz", obs_names=names[scored], x=feats.astype(np.float16), patient=patients[scored],
              label=labels[scored], test=test[scored])
     _describe(cell, want_audit, want_umap, ccfg.seed)

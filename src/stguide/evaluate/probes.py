@@ -86,13 +86,24 @@ def fit_knn_probe(x: np.ndarray, y: np.ndarray, cfg: ProbeConfig = ProbeConfig()
     return KNeighborsClassifier(n_neighbors=min(cfg.k, len(y)), metric="cosine", weights="uniform").fit(x, y)
 
 
-def score_probes(xtr: np.ndarray, ytr: np.ndarray, groups: np.ndarray, xte: np.ndarray, yte: np.ndarray,
-                 cfg: ProbeConfig = ProbeConfig()) -> tuple[dict, np.ndarray]:
+@dataclass(frozen=True)
+class ProbeScores:
+    """What :func:`fit_and_score` gives: the metrics, the linear probe's predictions and class probabilities on the
+    test spots, and the linear probe as plain arrays (:func:`probe_arrays`)."""
+
+    metrics: dict[str, Any]
+    pred: np.ndarray
+    proba: np.ndarray
+    linear: dict[str, np.ndarray]
+
+
+def fit_and_score(xtr: np.ndarray, ytr: np.ndarray, groups: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                  cfg: ProbeConfig = ProbeConfig()) -> ProbeScores:
     """Fit both probes on the training spots and score the test spots.
 
-    Returns (metrics, linear-probe predictions): the linear probe's metrics (:func:`detailed_metrics`: with the recall
-    per class and the 3-class view), the kNN's with a ``knn_`` prefix, ``n_train``, ``n_test``, the chosen ``C`` and
-    the training classes absent from the test set.
+    The metrics are the linear probe's (:func:`detailed_metrics`: with the recall per class and the 3-class view),
+    the kNN's with a ``knn_`` prefix, ``n_train``, ``n_test``, the chosen ``C`` and the training classes absent from
+    the test set.
     """
     lin, C, _ = fit_linear_probe(xtr, ytr, groups, cfg)
     knn = fit_knn_probe(xtr, ytr, cfg)
@@ -100,4 +111,31 @@ def score_probes(xtr: np.ndarray, ytr: np.ndarray, groups: np.ndarray, xte: np.n
     m: dict[str, Any] = detailed_metrics(yte, pred)
     m.update({f"knn_{k}": v for k, v in detailed_metrics(yte, knn.predict(xte)).items()})
     m.update(n_train=int(len(ytr)), n_test=int(len(yte)), C=float(C), missing_classes=missing_classes(yte, sorted(set(ytr))))
-    return m, pred
+    return ProbeScores(m, pred, lin.predict_proba(xte), probe_arrays(lin))
+
+
+def score_probes(xtr: np.ndarray, ytr: np.ndarray, groups: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                 cfg: ProbeConfig = ProbeConfig()) -> tuple[dict, np.ndarray]:
+    """(metrics, linear-probe predictions) of :func:`fit_and_score`."""
+    s = fit_and_score(xtr, ytr, groups, xte, yte, cfg)
+    return s.metrics, s.pred
+
+
+def probe_arrays(model) -> dict[str, np.ndarray]:
+    """The fitted linear probe (scaler + logistic regression) as plain arrays, to save without pickling."""
+    scaler, lr = model[0], model[-1]
+    return {"mean": scaler.mean_.astype(np.float64), "scale": scaler.scale_.astype(np.float64), "coef": lr.coef_.astype(np.float64),
+            "intercept": lr.intercept_.astype(np.float64), "classes": np.asarray(lr.classes_).astype(str)}
+
+
+def probe_proba(arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Class probabilities of the probe saved by :func:`probe_arrays` (columns in ``arrays["classes"]`` order): the
+    same numbers as scikit-learn's ``predict_proba``."""
+    z = (np.asarray(x, np.float64) - arrays["mean"]) / arrays["scale"]
+    logits = z @ arrays["coef"].T + arrays["intercept"]
+    if logits.shape[1] == 1:  # two classes: scikit-learn's binary model
+        p1 = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.stack([1.0 - p1, p1], axis=1)
+    logits -= logits.max(1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(1, keepdims=True)

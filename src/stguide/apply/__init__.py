@@ -1,0 +1,1 @@
+"""Applying a trained model where there is no ST: model bundles (``stguide export``) and slide prediction (``stguide predict``)."""

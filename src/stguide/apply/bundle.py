@@ -1,0 +1,294 @@
+"""A model bundle: one folder of plain files that applies a trained stguide model to slides without ST.
+
+- ``image_model.safetensors``: the image tower — the trunk's frozen prefix, the part stage 2 trained (nothing for
+  ``trunk: frozen``, the last blocks for ``partial``, the whole trunk for ``full``) and the image head;
+- ``probe.npz``: the linear probe (scaler, coefficients, intercepts, classes) as arrays;
+- ``manifest.json``: versions, the architecture, the input normalisation, the patch settings (µm, px, stain
+  handling), the features the probe reads, the classes, the genes, the training data's fingerprint, the run's LOPO
+  scores, and the sha256 of every file;
+- ``MODEL_CARD.md``: what it was trained on, how well it transferred, its caveats.
+
+Loading never unpickles (safetensors and ``np.load(allow_pickle=False)``), and refuses a folder with a missing file
+or a file whose checksum differs from the manifest's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, replace
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stguide.errors import InputError
+from stguide.io import atomic_path, write_json_atomic
+
+FILES = ("image_model.safetensors", "probe.npz", "MODEL_CARD.md")
+FORMAT = 1
+
+
+class ImageTower(nn.Module):
+    """A patch tensor → the features the probe reads: ``backbone`` (the trunk's output after the trained part),
+    ``head`` (the normalised head embedding) or ``both`` (backbone ‖ head)."""
+
+    def __init__(self, prefix: nn.Module, backbone: nn.Module, head: nn.Module | None, features: str,
+                 prefix_float16: bool = False) -> None:
+        super().__init__()
+        self.prefix, self.backbone, self.head, self.features = prefix, backbone, head, features
+        self.prefix_float16 = prefix_float16  # the run trained on the prefix's output cached in float16: round it alike
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.prefix(x)
+        f = self.backbone(h.half().float() if self.prefix_float16 else h)
+        return f, (F.normalize(self.head(f), dim=1) if self.head is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f, u = self.embed(x)
+        if self.features == "backbone" or u is None:
+            return f
+        return u if self.features == "head" else torch.cat([f, u], dim=1)
+
+
+def build_tower(man: dict[str, Any]) -> ImageTower:
+    """The untrained architecture a manifest describes (weights are loaded separately)."""
+    import timm
+
+    from stguide.contrastive.heads import ProjectionHead
+    from stguide.contrastive.trunk import split_trunk
+
+    model = timm.create_model(man["backbone"], pretrained=False, num_classes=0)
+    prefix: nn.Module
+    backbone: nn.Module
+    if man["trunk"] == "frozen":
+        prefix, backbone = model, nn.Identity()
+    elif man["trunk"] == "partial":
+        prefix, tail = split_trunk(model, man["trunk_blocks"], man["backbone"])
+        backbone = tail if tail is not None else nn.Identity()
+    else:
+        prefix, backbone = nn.Identity(), model
+    head = ProjectionHead(man["feature_dim"], man["embed_dim"], man["dropout"]) if man["embed_dim"] else None
+    return ImageTower(prefix, backbone, head, man["features"], man["prefix_float16"]).eval()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the image tower (eval mode), its input normalisation, the probe and the manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+    tower: ImageTower
+    probe: dict[str, np.ndarray]
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.probe["classes"]]
+
+    def transform(self):
+        from stguide.contrastive.encoders import make_transform
+
+        return make_transform(self.manifest["input_mean"], self.manifest["input_std"])
+
+    @torch.no_grad()
+    def features(self, patches: np.ndarray) -> np.ndarray:
+        """The probed features of uint8 patches (n × px × px × 3)."""
+        t = self.transform()
+        x = torch.stack([t(p) for p in patches])
+        return self.tower(x).numpy().astype(np.float32)
+
+    def proba(self, features: np.ndarray) -> np.ndarray:
+        from stguide.evaluate.probes import probe_proba
+
+        return probe_proba(self.probe, features)
+
+
+def load_bundle(path: str | PathLike) -> Bundle:
+    """Open a bundle folder, checking every file against the manifest's checksums."""
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        raise InputError(path, "is not a model bundle (no manifest.json)", "give a folder written by `stguide export`")
+    try:
+        man = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(mf, f"is not valid JSON ({e})", "export the bundle again") from None
+    if man.get("format") != FORMAT:
+        raise InputError(mf, f"bundle format {man.get('format')!r}, this stguide reads {FORMAT}", "export the bundle again with this version")
+    for name, digest in man.get("sha256", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise InputError(f, "is missing from the bundle", "copy the whole bundle folder, or export it again")
+        if _sha256(f) != digest:
+            raise InputError(f, "differs from the file the bundle was exported with (checksum mismatch)",
+                             "restore the original file, or export the bundle again")
+    tower = build_tower(man)
+    missing, unexpected = load_model(tower, str(path / "image_model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise InputError(path / "image_model.safetensors", f"does not fit the architecture in the manifest "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected tensors)", "export the bundle again")
+    tower.eval()
+    with np.load(path / "probe.npz", allow_pickle=False) as z:
+        probe = {k: z[k] for k in z.files}
+    return Bundle(path, man, tower, probe)
+
+
+def _cell_weights(cell: Path) -> dict[str, torch.Tensor]:
+    """The trained module's weights of a cell: ``model.safetensors`` (cached trunks) or ``checkpoints/last.ckpt``."""
+    if (cell / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(cell / "model.safetensors"))
+    ckpt = cell / "checkpoints" / "last.ckpt"
+    if ckpt.is_file():
+        return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    raise InputError(cell, "holds no trained weights (model.safetensors or checkpoints/last.ckpt)", "run the experiment to the end first")
+
+
+def _probe_of_cell(cell: Path, C: float, pcfg) -> tuple[dict[str, np.ndarray], str]:
+    """The cell's linear probe: its saved arrays, or (cells from before they were saved) refitted with the cell's C
+    on the training spots of its ``features.npz``."""
+    if (cell / "probe.npz").is_file():
+        with np.load(cell / "probe.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}, "saved by the run"
+    from stguide.evaluate.probes import fit_linear_probe, probe_arrays
+
+    with np.load(cell / "features.npz", allow_pickle=False) as z:
+        x, y, groups, test = z["x"].astype(np.float32), z["label"], z["patient"], z["test"]
+    model, _, _ = fit_linear_probe(x[~test], y[~test], groups[~test], replace(pcfg, Cs=(C,)))
+    return probe_arrays(model), "refitted with the run's C on the cell's saved (float16) training features"
+
+
+def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike, fold: str | None = None, seed: int = 0) -> Path:
+    """Write the bundle of ``method``'s model trained in ``fold`` (default: the first fold) of a run folder."""
+    from stguide import __version__
+    from stguide.config import build_dataclass
+    from stguide.contrastive.encoders import build_image_encoder
+    from stguide.contrastive.trunk import split_trunk
+    from stguide.evaluate.config import ExperimentConfig
+    from stguide.evaluate.lopo import cell_path, seed_dependent, trains
+
+    run = Path(run_dir)
+    rf = run / "results.json"
+    if not rf.is_file():
+        raise InputError(run, "is not a finished run folder (no results.json)", "give the --out folder of `stguide experiment`")
+    results = json.loads(rf.read_text())
+    cfg = build_dataclass(ExperimentConfig, results["config"], f"{rf}:config")
+    methods = {m.name: m for m in cfg.all_methods()}
+    if method not in methods:
+        raise InputError(rf, f"the run has no method {method!r}", f"use one of {sorted(methods)}")
+    m = methods[method]
+    folds = sorted(results["methods"].get(method, {}).get("folds", {}))
+    if not folds:
+        raise InputError(rf, f"method {method!r} has no finished fold", "run the experiment to the end first")
+    fold = fold or folds[0]
+    if fold not in folds:
+        raise InputError(rf, f"method {method!r} has no fold {fold!r}", f"use one of {folds}")
+    base = m.config(cfg.contrastive)
+    ccfg = replace(base, seed=base.seed + seed) if seed_dependent(m, base) else base
+    pcfg = m.probe_config(cfg.probe)
+    if pcfg.centre != "none":
+        raise InputError(f"config:methods.{method}.probe.centre", "a probe on per-patient centred features needs the "
+                         "patient's own mean, which a new slide does not define", "export a method probed without centring")
+    cell = cell_path(run / "folds" / fold, m, ccfg, cfg.lopo.seeds, ccfg.seed)
+    metrics = json.loads((cell / "metrics.json").read_text())
+    cached = ccfg.trunk != "full"  # the run read the trunk's output from the float16 feature cache
+    trunk = ccfg.trunk if trains(m, ccfg) else "frozen"
+    torch.manual_seed(0 if cached else ccfg.seed)  # the run's draw of a random-init trunk (features.py, lopo.py)
+    model, transform = build_image_encoder(ccfg.backbone, ccfg.init)
+    model.eval()
+    features = pcfg.features if trains(m, ccfg) else "backbone"
+    if trunk == "partial":
+        prefix, tail = split_trunk(model, ccfg.trunk_blocks, ccfg.backbone)
+        trained: nn.Module = tail if tail is not None else nn.Identity()
+    elif trunk == "frozen":
+        prefix, trained = model, nn.Identity()
+    else:
+        prefix, trained = nn.Identity(), model
+    head = None
+    embed_dim = feature_dim = 0
+    if trains(m, ccfg):
+        from stguide.contrastive.heads import ProjectionHead
+
+        sd = _cell_weights(cell)
+        hw = sd["image_head.proj.weight"]
+        embed_dim, feature_dim = int(hw.shape[0]), int(hw.shape[1])
+        head = ProjectionHead(feature_dim, embed_dim, ccfg.dropout)
+        head.load_state_dict({k[len("image_head."):]: v for k, v in sd.items() if k.startswith("image_head.")})
+        own = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        if own:
+            trained.load_state_dict(own)
+        if ccfg.freeze_backbone and pcfg.features == "backbone":
+            features = "head"  # as the run probed it: a frozen backbone learnt nothing
+    tower = ImageTower(prefix, trained, head, features, cached).eval()
+    probe, probe_source = _probe_of_cell(cell, float(metrics["C"]), pcfg)
+    out = Path(out_dir)
+    man: dict[str, Any] = {
+        "format": FORMAT, "stguide": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "method": method, "fold": fold, "seed": ccfg.seed, "run": str(run.resolve()), "run_command": results.get("command", ""),
+        "backbone": ccfg.backbone, "init": ccfg.init, "trunk": trunk, "trunk_blocks": ccfg.trunk_blocks,
+        "features": features, "prefix_float16": cached, "feature_dim": feature_dim, "embed_dim": embed_dim, "dropout": ccfg.dropout,
+        "input_mean": transform.mean.flatten().tolist(), "input_std": transform.std.flatten().tolist(),
+        "patch": {"size_um": cfg.patches.size_um, "out_px": cfg.patches.out_px, "stain_norm": cfg.patches.stain_norm},
+        "classes": [str(c) for c in probe["classes"]], "probe": {"C": float(metrics["C"]), "source": probe_source},
+        "gene_encoder": m.gene_encoder, "loss": m.loss,
+        "trained_on": {"patients": _train_patients(cell), "held_out": fold, "dataset": results.get("dataset", {})},
+        "lopo": {"this_fold": {k: metrics[k] for k in ("bacc", "macro_f1", "acc", "kappa") if k in metrics},
+                 "mean": results["methods"][method]["mean"], "sd": results["methods"][method]["sd"]},
+    }
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        from safetensors.torch import save_model
+
+        save_model(tower, str(tmp / "image_model.safetensors"))
+        np.savez(tmp / "probe.npz", allow_pickle=False, **probe)
+        (tmp / "MODEL_CARD.md").write_text(model_card(man))
+        man["sha256"] = {f: _sha256(tmp / f) for f in FILES}
+        write_json_atomic(tmp / "manifest.json", man)
+    return out
+
+
+def _train_patients(cell: Path) -> list[str]:
+    audit = json.loads((cell / "leakage_audit.json").read_text()) if (cell / "leakage_audit.json").is_file() else {}
+    return list(audit.get("probe", {}).get("patients", []))
+
+
+def model_card(man: dict[str, Any]) -> str:
+    """The short model card of a bundle, from its manifest."""
+    d = man["trained_on"]["dataset"]
+    proxy = d.get("label_sources", {}).get("proxy", 0)
+    mean, sd = man["lopo"]["mean"], man["lopo"]["sd"]
+    return "\n".join([
+        f"# stguide model: {man['method']} (fold {man['fold']}, seed {man['seed']})", "",
+        f"- Image tower: `{man['backbone']}` (init `{man['init']}`), trunk `{man['trunk']}`"
+        + (f" (last {man['trunk_blocks']} block(s) trained)" if man["trunk"] == "partial" else "")
+        + (f", a {man['embed_dim']}-d head trained with `{man['loss']}` against `{man['gene_encoder']}`" if man["embed_dim"] else ", no head")
+        + f"; the probe reads the `{man['features']}` features.",
+        f"- Patches: {man['patch']['size_um']:g} µm of tissue resized to {man['patch']['out_px']} px "
+        f"(stain handling: {man['patch']['stain_norm']}).",
+        f"- Trained on patients {', '.join(man['trained_on']['patients']) or '?'}; patient {man['fold']} was held out.",
+        f"- Classes: {', '.join(man['classes'])}.",
+        f"- Leave-one-patient-out balanced accuracy of this method in its run: {mean.get('bacc', float('nan')):.3f} ± "
+        f"{sd.get('bacc', float('nan')):.3f} (linear probe); this fold {man['lopo']['this_fold'].get('bacc', float('nan')):.3f}.",
+        f"- Produced by: `{man['run_command']}`.", "",
+        "## Caveats",
+        *(["- **Proxy labels**: some training labels were transferred from a serial section, not drawn by a pathologist; "
+           "the scores measure agreement with that proxy."] if proxy else []),
+        "- A class that no training patient had cannot be predicted; the probe only knows the classes above.",
+        "- Scores come from held-out patients of the same study: another scanner, stain or tissue preparation may shift them.",
+        "",
+    ])

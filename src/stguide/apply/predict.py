@@ -1,0 +1,151 @@
+"""``stguide predict``: a model bundle applied to a whole-slide image without ST.
+
+The slide's tissue is found on a thumbnail, tiled at the bundle's physical patch size, and read lazily at the right
+pyramid level in batches (memory stays flat in the slide's size). Writes into ``out_dir``:
+
+- ``tiles.h5ad``: one observation per tile — centre in ``obsm["spatial"]`` (full-resolution px), the probed
+  features in ``obsm["X_image"]``, the class probabilities (``obs["p_<class>"]``), the predicted class
+  (``obs["predicted"]``) and the tile's tissue fraction;
+- ``map.png``: the subtype map over the thumbnail, with a legend of classes and their area fractions;
+- ``tiles.geojson``: each tile as a square polygon with its class (QuPath: File › Import objects);
+- ``summary.json``: the slide, its µm/px and where it came from, the tile count and size, and the area fractions.
+"""
+from __future__ import annotations
+
+import json
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stguide.apply.bundle import Bundle, load_bundle
+from stguide.apply.tissue import tile_grid, tissue_mask
+from stguide.data.images import image_size, native_um_per_px, open_level, thumbnail
+from stguide.errors import InputError
+from stguide.io import write_json_atomic
+from stguide.progress import track
+from stguide.report.palette import class_colour
+
+
+def slide_um_per_px(slide: Path, given: float | None) -> tuple[float, str]:
+    """The slide's µm per full-resolution pixel: ``given``, else the slide's metadata; a clear error otherwise."""
+    if given is not None:
+        if not given > 0:
+            raise InputError(f"--um-per-px={given}", "must be a positive number", "give the scan's resolution, e.g. 0.25 (40x) or 0.5 (20x)")
+        return float(given), "given"
+    found = native_um_per_px(slide)
+    if found is None:
+        raise InputError(slide, "records no µm per pixel in its metadata",
+                         "give --um-per-px (the scan's resolution, e.g. 0.25 at 40x or 0.5 at 20x)")
+    return found, "slide metadata"
+
+
+def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir: str | PathLike, *, um_per_px: float | None = None,
+                  batch_size: int = 64, min_tissue: float = 0.5, thumb_px: int = 2048, progress: bool = True) -> dict[str, Any]:
+    """Apply a bundle to ``slide``; returns the summary (also written as ``summary.json``)."""
+    import anndata as ad
+    import pandas as pd
+
+    slide = Path(slide)
+    bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    w, h = image_size(slide)
+    mpp, mpp_source = slide_um_per_px(slide, um_per_px)
+    patch = bundle.manifest["patch"]
+    side_px = patch["size_um"] / mpp
+    out_px = int(patch["out_px"])
+    thumb, scale = thumbnail(slide, w, h, thumb_px)
+    mask = tissue_mask(thumb)
+    grid = tile_grid(mask, scale, (w, h), side_px, min_tissue)
+    n = len(grid.centres)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = bundle.classes
+    feats: np.ndarray = np.zeros((0, 0), np.float32)
+    proba = np.zeros((n, len(classes)))
+    level = open_level(slide, downsample=side_px / out_px, lazy=True)
+    try:
+        stain = _stain(bundle, level, grid, side_px, out_px)
+        chunks = []
+        for s in track(range(0, n, batch_size), f"tiles of {slide.name} ({n} tiles of {patch['size_um']:g} µm)", enabled=progress):
+            tiles = np.stack([level.cut(x, y, side_px / 2, out_px)[0] for x, y in grid.centres[s:s + batch_size]])
+            if stain is not None:
+                from stguide.data.stain import apply_macenko
+
+                tiles = np.stack([apply_macenko(t, *stain) for t in tiles])
+            f = bundle.features(tiles)
+            chunks.append(f)
+            proba[s:s + batch_size] = bundle.proba(f)
+        feats = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
+    finally:
+        level.close()
+    pred = np.array(classes, dtype=object)[proba.argmax(1)] if n else np.array([], dtype=object)
+    obs = pd.DataFrame({f"p_{c}": proba[:, i] for i, c in enumerate(classes)}, index=[f"tile{i}" for i in range(n)])
+    obs["predicted"] = pd.Categorical(pred, categories=classes)
+    obs["tissue_fraction"] = grid.tissue
+    tiles_ad = ad.AnnData(obs=obs, obsm={"spatial": grid.centres.astype(np.float64), "X_image": feats})
+    fractions = {c: float(np.mean(pred == c)) if n else 0.0 for c in classes}
+    summary = {"slide": str(slide), "size_px": [w, h], "um_per_px": mpp, "um_per_px_source": mpp_source,
+               "tile_um": patch["size_um"], "tile_px": side_px, "n_tiles": n, "min_tissue": min_tissue,
+               "area_fraction": fractions, "model": {k: bundle.manifest[k] for k in ("method", "fold", "backbone", "trunk", "features")}}
+    tiles_ad.uns["stguide_predict"] = json.loads(json.dumps(summary))
+    tiles_ad.write_h5ad(out / "tiles.h5ad")
+    write_geojson(out / "tiles.geojson", grid.centres, side_px, pred, proba.max(1) if n else np.zeros(0))
+    subtype_map(out / "map.png", thumb, scale, grid.centres, side_px, pred, classes, fractions, slide.name)
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _stain(bundle: Bundle, level, grid, side_px: float, out_px: int, sample: int = 64):
+    """The slide's Macenko stain fit (from up to ``sample`` tissue tiles) when the model was trained on
+    Macenko-normalised patches; else None."""
+    if bundle.manifest["patch"].get("stain_norm", "none") != "macenko" or not len(grid.centres):
+        return None
+    from stguide.data.stain import fit_macenko
+
+    idx = np.linspace(0, len(grid.centres) - 1, min(sample, len(grid.centres))).astype(int)
+    tiles = np.stack([level.cut(x, y, side_px / 2, out_px)[0] for x, y in grid.centres[idx]])
+    return fit_macenko(tiles)
+
+
+def write_geojson(path: Path, centres: np.ndarray, side_px: float, pred: np.ndarray, confidence: np.ndarray) -> None:
+    """Tiles as square polygons (full-resolution px) with their class, as QuPath imports detections."""
+    half = side_px / 2
+    feats = []
+    for (x, y), c, p in zip(centres, pred, confidence, strict=True):
+        ring = [[x - half, y - half], [x + half, y - half], [x + half, y + half], [x - half, y + half], [x - half, y - half]]
+        rgb = [int(class_colour(str(c))[i:i + 2], 16) for i in (1, 3, 5)]
+        feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[float(a), float(b)] for a, b in ring]]},
+                      "properties": {"objectType": "detection", "classification": {"name": str(c), "color": rgb},
+                                     "probability": float(p)}})
+    write_json_atomic(path, {"type": "FeatureCollection", "features": feats})
+
+
+def subtype_map(path: Path, thumb: np.ndarray, scale: float, centres: np.ndarray, side_px: float, pred: np.ndarray,
+                classes: list[str], fractions: dict[str, float], title: str) -> Path:
+    """The thumbnail with each tile coloured by its class, and a legend of the classes' area fractions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(9, 9))
+    ax.imshow(thumb)
+    s = side_px * scale
+    for c in classes:
+        sel = pred == c
+        if sel.any():
+            rects = [Rectangle((x * scale - s / 2, y * scale - s / 2), s, s) for x, y in centres[sel]]
+            ax.add_collection(PatchCollection(rects, facecolor=class_colour(c), edgecolor="none", alpha=0.55))
+    handles = [Line2D([], [], marker="s", ls="", markersize=9, color=class_colour(c), label=f"{c} ({100 * fractions[c]:.1f} %)")
+               for c in classes]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, frameon=False, title="class (tissue area)")
+    ax.set_title(f"{title}: {len(centres)} tiles")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,130 @@
+"""Applying a trained model without ST: bundles (export, load, checksums) and whole-slide prediction."""
+import json
+
+import numpy as np
+import pytest
+
+from stguide.errors import InputError
+
+RUN_YAML = """
+data: {format: synthetic, options: {n_patients: 3, sections_per_patient: 1, spots_per_section: 64, seed: 0}}
+patches: {size_um: 100, out_px: 32}
+genes: {n_top_genes: 200, pca: {n_pcs: 8}}
+contrastive: {backbone: resnet10t, init: none, trunk: frozen, views: 2, epochs: 5, batch_size: 32, embed_dim: 16}
+probe: {features: head}
+methods:
+  - {name: trunk, probe: {features: backbone}}
+  - {name: guided, gene_encoder: pca, loss: clip}
+ablation: false
+report: {umap: false, image_audit: false, target_audit: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from stguide.evaluate.config import load_config
+    from stguide.evaluate.experiment import run_experiment
+
+    d = tmp_path_factory.mktemp("apply")
+    (d / "c.yaml").write_text(RUN_YAML)
+    run_experiment(load_config(d / "c.yaml"), d / "run", progress=False)
+    return d / "run"
+
+
+@pytest.mark.parametrize("method", ["trunk", "guided"])
+def test_a_bundle_gives_the_runs_probabilities(run, method, tmp_path):
+    """Exported, loaded (safetensors and plain arrays, no pickle) and applied to the held-out patient's patches, a
+    bundle reproduces the class probabilities the run's probe gave them."""
+    from stguide.apply.bundle import export_bundle, load_bundle
+    from stguide.data.patches import PatchStore
+
+    out = export_bundle(run, method, tmp_path / "bundle", fold="P2")
+    b = load_bundle(out)
+    assert b.manifest["fold"] == "P2" and b.manifest["trained_on"]["patients"] == ["P1", "P3"]
+    assert "P2 was held out" in (out / "MODEL_CARD.md").read_text()
+    cell = next((run / "folds" / "P2").glob(f"{method}/**/predictions.npz"))
+    pred = np.load(cell, allow_pickle=False)
+    store = PatchStore(next((run / "patches").iterdir()))
+    patches = store.take(list(pred["obs_names"]))
+    proba = b.proba(b.features(patches))
+    assert b.classes == list(pred["classes"])
+    np.testing.assert_allclose(proba, pred["proba"], atol=2e-3)
+    assert (np.array(b.classes)[proba.argmax(1)] == pred["y_pred"]).mean() > 0.97
+
+
+def test_a_damaged_bundle_is_refused(run, tmp_path):
+    from stguide.apply.bundle import export_bundle, load_bundle
+
+    out = export_bundle(run, "guided", tmp_path / "b")
+    (out / "probe.npz").write_bytes((out / "probe.npz").read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(InputError, match="(?s)probe.npz.*checksum"):
+        load_bundle(out)
+    (out / "probe.npz").unlink()
+    with pytest.raises(InputError, match="(?s)probe.npz.*missing"):
+        load_bundle(out)
+    with pytest.raises(InputError, match="no method 'guidedd'"):
+        export_bundle(run, "guidedd", tmp_path / "c")
+
+
+def _pyramid(path, um_per_px=0.5, size=1536, seed=0):
+    """A pyramidal, tiled TIFF: H&E-like tissue discs (pink/purple) on white glass, with µm/px in its tags."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 242, np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    tissue = ((xx - 500) ** 2 + (yy - 520) ** 2 < 330 ** 2) | ((xx - 1150) ** 2 + (yy - 1100) ** 2 < 260 ** 2)
+    noise = rng.integers(-25, 25, (size, size, 1))
+    img[tissue] = np.clip(np.array([200, 110, 170]) + noise[tissue], 0, 255).astype(np.uint8)
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(256, 256), subifds=2, photometric="rgb", resolution=(1e4 / um_per_px, 1e4 / um_per_px),
+                 resolutionunit="CENTIMETER")
+        for k in (2, 4):
+            tw.write(img[::k, ::k], tile=(256, 256), subfiletype=1, photometric="rgb")
+    return tissue
+
+
+def test_predict_tiles_only_tissue_and_its_outputs_agree(run, tmp_path):
+    """On a synthetic pyramidal TIFF: only tissue tiles are embedded (µm/px read from the slide), and the AnnData,
+    the GeoJSON and the area fractions of the map's legend describe the same tiles and classes."""
+    import anndata as ad
+
+    from stguide.apply.bundle import export_bundle
+    from stguide.apply.predict import predict_slide
+
+    tissue = _pyramid(tmp_path / "slide.tif")
+    bundle = export_bundle(run, "guided", tmp_path / "bundle")
+    summary = predict_slide(tmp_path / "slide.tif", bundle, tmp_path / "out", batch_size=16, progress=False)
+    assert summary["um_per_px"] == pytest.approx(0.5) and summary["um_per_px_source"] == "slide metadata"
+    a = ad.read_h5ad(tmp_path / "out" / "tiles.h5ad")
+    side = 100 / 0.5
+    assert a.n_obs == summary["n_tiles"] > 10
+    for x, y in a.obsm["spatial"]:  # every tile's centre lies on tissue, and no tile is off the tissue discs
+        assert tissue[int(y), int(x)]
+    assert (a.obs["tissue_fraction"] >= 0.5).all()
+    assert np.allclose(a.obsm["spatial"] % side, side / 2)
+    probs = a.obs[[f"p_{c}" for c in a.obs["predicted"].cat.categories]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
+    gj = json.loads((tmp_path / "out" / "tiles.geojson").read_text())
+    assert len(gj["features"]) == a.n_obs
+    assert [f["properties"]["classification"]["name"] for f in gj["features"]] == list(a.obs["predicted"].astype(str))
+    ring = np.array(gj["features"][0]["geometry"]["coordinates"][0])
+    assert np.allclose(ring[:4].mean(0), a.obsm["spatial"][0]) and np.isclose(np.ptp(ring[:, 0]), side)
+    fr = summary["area_fraction"]
+    assert fr == pytest.approx({c: float((a.obs["predicted"] == c).mean()) for c in fr})
+    assert (tmp_path / "out" / "map.png").stat().st_size > 5_000
+
+
+def test_predict_refuses_a_slide_without_a_scale_and_an_unreadable_one(run, tmp_path):
+    from PIL import Image
+
+    from stguide.apply.bundle import export_bundle
+    from stguide.apply.predict import predict_slide
+
+    bundle = export_bundle(run, "trunk", tmp_path / "bundle")
+    Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(tmp_path / "plain.png")
+    with pytest.raises(InputError, match=r"(?s)plain.png.*no µm per pixel.*--um-per-px"):
+        predict_slide(tmp_path / "plain.png", bundle, tmp_path / "o", progress=False)
+    (tmp_path / "bad.svs").write_bytes(b"not a slide")
+    with pytest.raises(InputError, match="(?s)bad.svs.*cannot be read"):
+        predict_slide(tmp_path / "bad.svs", bundle, tmp_path / "o", um_per_px=0.5, progress=False)
