@@ -55,6 +55,7 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
     side_px = patch["size_um"] / mpp
     out_px = int(patch["out_px"])
     thumb, scale = thumbnail(slide, w, h, thumb_px)
+    thumb = thumb[: max(1, round(h * scale)), : max(1, round(w * scale))]  # the slide itself, without the square's padding
     mask = tissue_mask(thumb)
     grid = tile_grid(mask, scale, (w, h), side_px, min_tissue)
     n = len(grid.centres)

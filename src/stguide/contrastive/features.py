@@ -81,7 +81,7 @@ def feature_cache(store: PatchStore, backbone: str, init: str, cache_dir: str | 
     torch.manual_seed(0)  # the pretrained weights do not depend on it; a random-init trunk does
     model, transform = build_image_encoder(backbone, init, img_size=int(store.meta["out_px"]))
     prefix, _ = split_trunk(model, blocks, backbone)
-    prefix = prefix.eval().to(memory_format=torch.channels_last)  # 1.7× faster convolutions on CPU (measured, effnet-lite0)
+    prefix = prefix.eval().to(memory_format=torch.channels_last)  # faster convolutions on CPU (benchmarks/trunk_layout.py: 1.5× for effnet-lite0)
     n = len(store)
     with torch.inference_mode():
         shape = tuple(prefix(transform(store[0])[None].contiguous(memory_format=torch.channels_last)).shape[1:])
