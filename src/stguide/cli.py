@@ -249,6 +249,23 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/tiles.h5ad, map.png, tiles.geojson and summary.json")
 
 
+def cmd_expression(args: argparse.Namespace) -> None:
+    from stguide.apply.expression import expression_lopo, expression_table
+    from stguide.io import write_json_atomic
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    markers = args.markers if args.markers is not None else None
+    res = expression_lopo(args.run_dir, args.method, n_hvg=args.n_hvg, k=args.k,
+                          **({"markers": markers} if markers is not None else {}))
+    res["command"] = _command()
+    write_json_atomic(out / "results.json", res)
+    table = expression_table(res)
+    (out / "table.md").write_text(f"Produced by: `{res['command']}`\n\n" + table)
+    print(table)
+    print(f"wrote {out / 'results.json'} and {out / 'table.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser. Defaults and allowed names come from the config dataclasses and the registries."""
     from stguide.contrastive.config import ContrastiveConfig
@@ -392,6 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-tissue", type=float, default=0.5, help="the tissue fraction a tile needs to be kept (default 0.5)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
+
+    xp = sub.add_parser("expression", help="image → expression (retrieval and ridge), leave-one-patient-out on a finished run")
+    xp.add_argument("run_dir", help="the --out folder of `stguide experiment`")
+    xp.add_argument("--method", required=True, help="a method of the run (retrieval needs a gene-guided one)")
+    xp.add_argument("--n-hvg", type=int, default=50, help="top highly variable genes of the training patients scored (default 50)")
+    xp.add_argument("--markers", nargs="*", help="marker genes scored too (default: ERBB2 ESR1 EPCAM PTPRC COL1A1 PLIN1 KRT5 ACTA2)")
+    xp.add_argument("--k", type=int, default=50, help="reference spots averaged by retrieval (default 50)")
+    xp.add_argument("--out", required=True, help="folder for results.json and table.md")
+    xp.set_defaults(func=cmd_expression)
     return p
 
 

@@ -173,14 +173,31 @@ def _probe_of_cell(cell: Path, C: float, pcfg) -> tuple[dict[str, np.ndarray], s
     return probe_arrays(model), "refitted with the run's C on the cell's saved (float16) training features"
 
 
-def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike, fold: str | None = None, seed: int = 0) -> Path:
-    """Write the bundle of ``method``'s model trained in ``fold`` (default: the first fold) of a run folder."""
-    from stguide import __version__
+@dataclass
+class TrainedCell:
+    """One finished cell of a run folder: what it was configured with and where it lives."""
+
+    run: Path
+    results: dict[str, Any]
+    cfg: Any  # ExperimentConfig
+    method: Any  # Method
+    ccfg: Any  # the cell's ContrastiveConfig (its seed included)
+    pcfg: Any  # the cell's ProbeConfig
+    fold: str
+    path: Path
+
+    @property
+    def trains(self) -> bool:
+        from stguide.evaluate.lopo import trains
+
+        return trains(self.method, self.ccfg)
+
+
+def open_cell(run_dir: str | PathLike, method: str, fold: str | None = None, seed: int = 0) -> TrainedCell:
+    """The cell of ``method`` in ``fold`` (default: the first fold) and seed index ``seed`` of a finished run."""
     from stguide.config import build_dataclass
-    from stguide.contrastive.encoders import build_image_encoder
-    from stguide.contrastive.trunk import split_trunk
     from stguide.evaluate.config import ExperimentConfig
-    from stguide.evaluate.lopo import cell_path, seed_dependent, trains
+    from stguide.evaluate.lopo import cell_path, seed_dependent
 
     run = Path(run_dir)
     rf = run / "results.json"
@@ -200,18 +217,23 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
         raise InputError(rf, f"method {method!r} has no fold {fold!r}", f"use one of {folds}")
     base = m.config(cfg.contrastive)
     ccfg = replace(base, seed=base.seed + seed) if seed_dependent(m, base) else base
-    pcfg = m.probe_config(cfg.probe)
-    if pcfg.centre != "none":
-        raise InputError(f"config:methods.{method}.probe.centre", "a probe on per-patient centred features needs the "
-                         "patient's own mean, which a new slide does not define", "export a method probed without centring")
-    cell = cell_path(run / "folds" / fold, m, ccfg, cfg.lopo.seeds, ccfg.seed)
-    metrics = json.loads((cell / "metrics.json").read_text())
+    return TrainedCell(run, results, cfg, m, ccfg, m.probe_config(cfg.probe), fold,
+                       cell_path(run / "folds" / fold, m, ccfg, cfg.lopo.seeds, ccfg.seed))
+
+
+def cell_tower(c: TrainedCell) -> tuple[ImageTower, Any, dict[str, torch.Tensor]]:
+    """(the cell's image tower in eval mode, its input transform, the cell's trained weights or {})."""
+    from stguide.contrastive.encoders import build_image_encoder
+    from stguide.contrastive.heads import ProjectionHead
+    from stguide.contrastive.trunk import split_trunk
+
+    ccfg = c.ccfg
     cached = ccfg.trunk != "full"  # the run read the trunk's output from the float16 feature cache
-    trunk = ccfg.trunk if trains(m, ccfg) else "frozen"
+    trunk = ccfg.trunk if c.trains else "frozen"
     torch.manual_seed(0 if cached else ccfg.seed)  # the run's draw of a random-init trunk (features.py, lopo.py)
     model, transform = build_image_encoder(ccfg.backbone, ccfg.init)
     model.eval()
-    features = pcfg.features if trains(m, ccfg) else "backbone"
+    features = c.pcfg.features if c.trains else "backbone"
     if trunk == "partial":
         prefix, tail = split_trunk(model, ccfg.trunk_blocks, ccfg.backbone)
         trained: nn.Module = tail if tail is not None else nn.Identity()
@@ -219,34 +241,45 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
         prefix, trained = model, nn.Identity()
     else:
         prefix, trained = nn.Identity(), model
-    head = None
-    embed_dim = feature_dim = 0
-    if trains(m, ccfg):
-        from stguide.contrastive.heads import ProjectionHead
-
-        sd = _cell_weights(cell)
+    head, sd = None, {}
+    if c.trains:
+        sd = _cell_weights(c.path)
         hw = sd["image_head.proj.weight"]
-        embed_dim, feature_dim = int(hw.shape[0]), int(hw.shape[1])
-        head = ProjectionHead(feature_dim, embed_dim, ccfg.dropout)
+        head = ProjectionHead(int(hw.shape[1]), int(hw.shape[0]), ccfg.dropout)
         head.load_state_dict({k[len("image_head."):]: v for k, v in sd.items() if k.startswith("image_head.")})
         own = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
         if own:
             trained.load_state_dict(own)
-        if ccfg.freeze_backbone and pcfg.features == "backbone":
+        if ccfg.freeze_backbone and c.pcfg.features == "backbone":
             features = "head"  # as the run probed it: a frozen backbone learnt nothing
-    tower = ImageTower(prefix, trained, head, features, cached).eval()
-    probe, probe_source = _probe_of_cell(cell, float(metrics["C"]), pcfg)
+    return ImageTower(prefix, trained, head, features, cached).eval(), transform, sd
+
+
+def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike, fold: str | None = None, seed: int = 0) -> Path:
+    """Write the bundle of ``method``'s model trained in ``fold`` (default: the first fold) of a run folder."""
+    from stguide import __version__
+
+    c = open_cell(run_dir, method, fold, seed)
+    if c.pcfg.centre != "none":
+        raise InputError(f"config:methods.{method}.probe.centre", "a probe on per-patient centred features needs the "
+                         "patient's own mean, which a new slide does not define", "export a method probed without centring")
+    metrics = json.loads((c.path / "metrics.json").read_text())
+    tower, transform, _ = cell_tower(c)
+    head = tower.head
+    probe, probe_source = _probe_of_cell(c.path, float(metrics["C"]), c.pcfg)
+    ccfg, results, cfg = c.ccfg, c.results, c.cfg
     out = Path(out_dir)
     man: dict[str, Any] = {
         "format": FORMAT, "stguide": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "method": method, "fold": fold, "seed": ccfg.seed, "run": str(run.resolve()), "run_command": results.get("command", ""),
-        "backbone": ccfg.backbone, "init": ccfg.init, "trunk": trunk, "trunk_blocks": ccfg.trunk_blocks,
-        "features": features, "prefix_float16": cached, "feature_dim": feature_dim, "embed_dim": embed_dim, "dropout": ccfg.dropout,
-        "input_mean": transform.mean.flatten().tolist(), "input_std": transform.std.flatten().tolist(),
+        "method": method, "fold": c.fold, "seed": ccfg.seed, "run": str(c.run.resolve()), "run_command": results.get("command", ""),
+        "backbone": ccfg.backbone, "init": ccfg.init, "trunk": ccfg.trunk if c.trains else "frozen", "trunk_blocks": ccfg.trunk_blocks,
+        "features": tower.features, "prefix_float16": tower.prefix_float16,
+        "feature_dim": head.in_dim if head is not None else 0, "embed_dim": head.embed_dim if head is not None else 0,
+        "dropout": ccfg.dropout, "input_mean": transform.mean.flatten().tolist(), "input_std": transform.std.flatten().tolist(),
         "patch": {"size_um": cfg.patches.size_um, "out_px": cfg.patches.out_px, "stain_norm": cfg.patches.stain_norm},
-        "classes": [str(c) for c in probe["classes"]], "probe": {"C": float(metrics["C"]), "source": probe_source},
-        "gene_encoder": m.gene_encoder, "loss": m.loss,
-        "trained_on": {"patients": _train_patients(cell), "held_out": fold, "dataset": results.get("dataset", {})},
+        "classes": [str(x) for x in probe["classes"]], "probe": {"C": float(metrics["C"]), "source": probe_source},
+        "gene_encoder": c.method.gene_encoder, "loss": c.method.loss,
+        "trained_on": {"patients": _train_patients(c.path), "held_out": c.fold, "dataset": results.get("dataset", {})},
         "lopo": {"this_fold": {k: metrics[k] for k in ("bacc", "macro_f1", "acc", "kappa") if k in metrics},
                  "mean": results["methods"][method]["mean"], "sd": results["methods"][method]["sd"]},
     }

@@ -296,5 +296,6 @@ def make_synthetic(
     d = asdict(cfg)
     d["um_per_px_range"] = list(d["um_per_px_range"])
     out.uns["synthetic"] = d
+    out.uns["synthetic_markers"] = {CLASSES[c]: [gene_names[i] for i in np.flatnonzero(programs[c])] for c in range(k)}
     out.uns["source"] = {"reader": "synthetic", "image_dir": str(image_dir)}
     return out
