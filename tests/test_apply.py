@@ -113,6 +113,14 @@ def test_predict_tiles_only_tissue_and_its_outputs_agree(run, tmp_path):
     fr = summary["area_fraction"]
     assert fr == pytest.approx({c: float((a.obs["predicted"] == c).mean()) for c in fr})
     assert (tmp_path / "out" / "map.png").stat().st_size > 5_000
+    # predicted expression of genes from the bundle's reference, and a map of one of them
+    genes = sorted(json.loads((bundle / "manifest.json").read_text())["reference"]["genes"])[:2]
+    predict_slide(tmp_path / "slide.tif", bundle, tmp_path / "out2", batch_size=16, genes=genes[:1], map_gene=genes[1], progress=False)
+    b = ad.read_h5ad(tmp_path / "out2" / "tiles.h5ad")
+    assert {f"expr_{g}" for g in genes} <= set(b.obs) and np.isfinite(b.obs[f"expr_{genes[0]}"]).all()
+    assert (tmp_path / "out2" / f"map_{genes[1]}.png").is_file()
+    with pytest.raises(InputError, match="not in the model's reference panel"):
+        predict_slide(tmp_path / "slide.tif", bundle, tmp_path / "out3", genes=["NOPE1"], progress=False)
 
 
 def test_predict_refuses_a_slide_without_a_scale_and_an_unreadable_one(run, tmp_path):

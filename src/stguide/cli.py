@@ -232,7 +232,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from stguide.apply.bundle import export_bundle, load_bundle
 
-    out = export_bundle(args.run_dir, args.method, args.out, fold=args.fold, seed=args.seed)
+    out = export_bundle(args.run_dir, args.method, args.out, fold=args.fold, seed=args.seed, k=args.k)
     b = load_bundle(out)
     m = b.manifest
     print(f"wrote {out}: {m['method']} trained without patient {m['fold']} ({m['backbone']}, trunk {m['trunk']}, "
@@ -243,7 +243,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from stguide.apply.predict import predict_slide
 
     s = predict_slide(args.slide, args.model, args.out, um_per_px=args.um_per_px, batch_size=args.batch_size,
-                      min_tissue=args.min_tissue, progress=not args.no_progress)
+                      min_tissue=args.min_tissue, genes=args.genes, map_gene=args.map_gene, progress=not args.no_progress)
     top = ", ".join(f"{c} {100 * f:.1f} %" for c, f in sorted(s["area_fraction"].items(), key=lambda kv: -kv[1]))
     print(f"{s['n_tiles']} tiles of {s['tile_um']:g} µm at {s['um_per_px']:g} µm/px ({s['um_per_px_source']}): {top}")
     print(f"wrote {args.out}/tiles.h5ad, map.png, tiles.geojson and summary.json")
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--method", required=True, help="a method of the run, e.g. ours-scvi")
     ex.add_argument("--fold", help="the fold whose model to export (the model trained without that patient; default: the first)")
     ex.add_argument("--seed", type=int, default=0, help="which seed's model, for runs with several seeds (default 0)")
+    ex.add_argument("--k", type=int, default=50, help="reference spots averaged when predicting expression (default 50)")
     ex.add_argument("--out", required=True, help="the bundle folder to write")
     ex.set_defaults(func=cmd_export)
 
@@ -407,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--um-per-px", type=float, help="the slide's µm per pixel at full resolution (default: from its metadata)")
     pr.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass (default 64)")
     pr.add_argument("--min-tissue", type=float, default=0.5, help="the tissue fraction a tile needs to be kept (default 0.5)")
+    pr.add_argument("--genes", nargs="+", help="predicted expression of these genes per tile (retrieval; gene-guided models)")
+    pr.add_argument("--map-gene", help="draw this gene's predicted expression as map_<gene>.png")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 

@@ -30,6 +30,7 @@ from stguide.errors import InputError
 from stguide.io import atomic_path, write_json_atomic
 
 FILES = ("image_model.safetensors", "probe.npz", "MODEL_CARD.md")
+REFERENCE = "reference.npz"  # optional: the joint-space reference for image → expression
 FORMAT = 1
 
 
@@ -93,9 +94,39 @@ class Bundle:
     tower: ImageTower
     probe: dict[str, np.ndarray]
 
+    reference: dict[str, np.ndarray] | None = None
+
     @property
     def classes(self) -> list[str]:
         return [str(c) for c in self.probe["classes"]]
+
+    @torch.no_grad()
+    def head_embedding(self, patches: np.ndarray) -> np.ndarray:
+        """The normalised image-head embedding of uint8 patches (the joint space of retrieval)."""
+        if self.tower.head is None:
+            raise InputError(self.path, "this model has no image head, so no joint space to retrieve expression from",
+                             "export a gene-guided method (e.g. ours-scvi or clip)")
+        t = self.transform()
+        _, u = self.tower.embed(torch.stack([t(p) for p in patches]))
+        assert u is not None
+        return u.numpy().astype(np.float32)
+
+    def expression(self, embedding: np.ndarray, genes: list[str], k: int | None = None) -> np.ndarray:
+        """Retrieved log-normalised expression of ``genes`` for head embeddings (BLEEP's top-k mean)."""
+        from stguide.apply.expression import retrieve
+
+        if self.reference is None:
+            raise InputError(self.path, "holds no expression reference (reference.npz)",
+                             "export a gene-guided method; the bundle then carries its training spots' gene embeddings")
+        panel = [str(g) for g in self.reference["genes"]]
+        missing = [g for g in genes if g not in panel]
+        if missing:
+            raise InputError(self.path / REFERENCE, f"gene(s) {missing[:5]} are not in the model's reference panel of "
+                             f"{len(panel)} genes (e.g. {panel[:5]})", "ask for genes of the panel (manifest.json lists it)")
+        cols = [panel.index(g) for g in genes]
+        ref = self.reference["embedding"].astype(np.float32)
+        expr = self.reference["expression"][:, cols].astype(np.float32)
+        return retrieve(embedding, ref, expr, k or int(self.manifest["reference"]["k"]))
 
     def transform(self):
         from stguide.contrastive.encoders import make_transform
@@ -144,7 +175,11 @@ def load_bundle(path: str | PathLike) -> Bundle:
     tower.eval()
     with np.load(path / "probe.npz", allow_pickle=False) as z:
         probe = {k: z[k] for k in z.files}
-    return Bundle(path, man, tower, probe)
+    reference = None
+    if (path / REFERENCE).is_file():
+        with np.load(path / REFERENCE, allow_pickle=False) as z:
+            reference = {k: z[k] for k in z.files}
+    return Bundle(path, man, tower, probe, reference)
 
 
 def _cell_weights(cell: Path) -> dict[str, torch.Tensor]:
@@ -255,8 +290,11 @@ def cell_tower(c: TrainedCell) -> tuple[ImageTower, Any, dict[str, torch.Tensor]
     return ImageTower(prefix, trained, head, features, cached).eval(), transform, sd
 
 
-def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike, fold: str | None = None, seed: int = 0) -> Path:
-    """Write the bundle of ``method``'s model trained in ``fold`` (default: the first fold) of a run folder."""
+def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike, fold: str | None = None, seed: int = 0,
+                  k: int = 50) -> Path:
+    """Write the bundle of ``method``'s model trained in ``fold`` (default: the first fold) of a run folder. A
+    gene-guided method's bundle also carries the expression reference of retrieval (``reference.npz``: its training
+    spots' gene-head embeddings and log-normalised expression of the fold gene encoder's genes; ``k``: spots averaged)."""
     from stguide import __version__
 
     c = open_cell(run_dir, method, fold, seed)
@@ -264,7 +302,8 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
         raise InputError(f"config:methods.{method}.probe.centre", "a probe on per-patient centred features needs the "
                          "patient's own mean, which a new slide does not define", "export a method probed without centring")
     metrics = json.loads((c.path / "metrics.json").read_text())
-    tower, transform, _ = cell_tower(c)
+    tower, transform, sd = cell_tower(c)
+    reference = _reference(c, sd, k) if tower.head is not None and c.method.gene_encoder and "gene_head.proj.weight" in sd else None
     head = tower.head
     probe, probe_source = _probe_of_cell(c.path, float(metrics["C"]), c.pcfg)
     ccfg, results, cfg = c.ccfg, c.results, c.cfg
@@ -280,8 +319,11 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
         "classes": [str(x) for x in probe["classes"]], "probe": {"C": float(metrics["C"]), "source": probe_source},
         "gene_encoder": c.method.gene_encoder, "loss": c.method.loss,
         "trained_on": {"patients": _train_patients(c.path), "held_out": c.fold, "dataset": results.get("dataset", {})},
-        "lopo": {"this_fold": {k: metrics[k] for k in ("bacc", "macro_f1", "acc", "kappa") if k in metrics},
+        "lopo": {"this_fold": {m: metrics[m] for m in ("bacc", "macro_f1", "acc", "kappa") if m in metrics},
                  "mean": results["methods"][method]["mean"], "sd": results["methods"][method]["sd"]},
+        "reference": None if reference is None else {"n_spots": int(len(reference["embedding"])), "k": k,
+                                                     "genes": [str(g) for g in reference["genes"]],
+                                                     "expression": "log1p of counts per 10,000 (all genes), float16"},
     }
     with atomic_path(out) as tmp:
         tmp.mkdir()
@@ -289,10 +331,28 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
 
         save_model(tower, str(tmp / "image_model.safetensors"))
         np.savez(tmp / "probe.npz", allow_pickle=False, **probe)
+        if reference is not None:
+            np.savez(tmp / REFERENCE, allow_pickle=False, **reference)
         (tmp / "MODEL_CARD.md").write_text(model_card(man))
-        man["sha256"] = {f: _sha256(tmp / f) for f in FILES}
+        man["sha256"] = {f: _sha256(tmp / f) for f in (*FILES, *([REFERENCE] if reference is not None else []))}
         write_json_atomic(tmp / "manifest.json", man)
     return out
+
+
+def _reference(c: TrainedCell, sd: dict[str, torch.Tensor], k: int) -> dict[str, np.ndarray]:
+    """The training spots' gene-head embeddings and log-normalised expression of the fold gene encoder's genes."""
+    from stguide.apply.expression import gene_embedding
+    from stguide.data.model import read_dataset
+    from stguide.genes import load_encoder
+    from stguide.genes.expression import log_normalise
+
+    adata = read_dataset(c.run / "data" / "dataset.h5ad")
+    audit = json.loads((c.path / "leakage_audit.json").read_text())
+    train = adata[~adata.obs["patient"].astype(str).isin(audit["held_out"]["patients"]).to_numpy()]
+    enc = load_encoder(c.run / "folds" / c.fold / "genes" / c.method.gene_encoder)
+    expr = log_normalise(train.X)[:, train.var_names.get_indexer(enc.genes)]
+    return {"embedding": gene_embedding(c, sd, train, enc).astype(np.float16), "expression": expr.astype(np.float16),
+            "genes": np.asarray(enc.genes, dtype=str), "obs_names": np.asarray(train.obs_names, dtype=str)}
 
 
 def _train_patients(cell: Path) -> list[str]:

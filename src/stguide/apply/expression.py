@@ -75,8 +75,9 @@ def _embed(tower, transform, store, names: list[str], batch_size: int = 64) -> t
     return np.concatenate(fs), (np.concatenate(us) if us else None), np.concatenate(ps)
 
 
-def _gene_embedding(c: TrainedCell, sd: dict[str, torch.Tensor], adata) -> np.ndarray:
-    """The trained gene head on the fold's gene-encoder latent of ``adata``'s spots."""
+def gene_embedding(c: TrainedCell, sd: dict[str, torch.Tensor], adata, enc=None) -> np.ndarray:
+    """The trained gene head on the fold's gene-encoder latent of ``adata``'s spots (``enc``: the fold's encoder,
+    loaded when not given)."""
     import torch.nn.functional as F
 
     from stguide.contrastive.heads import ProjectionHead
@@ -85,7 +86,7 @@ def _gene_embedding(c: TrainedCell, sd: dict[str, torch.Tensor], adata) -> np.nd
     if c.ccfg.finetune_gene_encoder:
         raise InputError(c.path, "the gene encoder was fine-tuned in stage 2, so its fitted latent is not what the gene head saw",
                          "evaluate a method that froze the gene encoder")
-    enc = load_encoder(c.run / "folds" / c.fold / "genes" / c.method.gene_encoder)
+    enc = enc or load_encoder(c.run / "folds" / c.fold / "genes" / c.method.gene_encoder)
     z = torch.as_tensor(enc.transform(adata), dtype=torch.float32)
     w = sd["gene_head.proj.weight"]
     head = ProjectionHead(int(w.shape[1]), int(w.shape[0]), c.ccfg.dropout)
@@ -132,7 +133,7 @@ def expression_lopo(run_dir: str | PathLike, method: str, n_hvg: int = 50, marke
         f, u, probed = _embed(tower, transform, store, names)
         preds = {"ridge": ridge(probed[train], y[train], probed[test])}
         if u is not None and c.method.gene_encoder:
-            v = _gene_embedding(c, sd, adata[train])
+            v = gene_embedding(c, sd, adata[train])
             preds["retrieval"] = retrieve(u[test], v, y[train], k)
         res: dict[str, Any] = {"genes": genes, "markers": present + [g for g in markers if g in hvg]}
         for name, yhat in preds.items():

@@ -42,13 +42,21 @@ def slide_um_per_px(slide: Path, given: float | None) -> tuple[float, str]:
 
 
 def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir: str | PathLike, *, um_per_px: float | None = None,
-                  batch_size: int = 64, min_tissue: float = 0.5, thumb_px: int = 2048, progress: bool = True) -> dict[str, Any]:
-    """Apply a bundle to ``slide``; returns the summary (also written as ``summary.json``)."""
+                  batch_size: int = 64, min_tissue: float = 0.5, thumb_px: int = 2048, genes: list[str] | None = None,
+                  map_gene: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Apply a bundle to ``slide``; returns the summary (also written as ``summary.json``). ``genes``: predicted
+    expression of these genes per tile (retrieval from the bundle's reference: ``obs["expr_<gene>"]``, log1p of
+    counts per 10,000); ``map_gene``: one of them drawn as ``map_<gene>.png``."""
     import anndata as ad
     import pandas as pd
 
     slide = Path(slide)
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    genes = list(genes or [])
+    if map_gene and map_gene not in genes:
+        genes.append(map_gene)
+    if genes:
+        bundle.expression(np.zeros((1, max(bundle.manifest.get("embed_dim") or 1, 1)), np.float32), genes)  # checks them first
     w, h = image_size(slide)
     mpp, mpp_source = slide_um_per_px(slide, um_per_px)
     patch = bundle.manifest["patch"]
@@ -64,6 +72,7 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
     classes = bundle.classes
     feats: np.ndarray = np.zeros((0, 0), np.float32)
     proba = np.zeros((n, len(classes)))
+    expr = np.zeros((n, len(genes)))
     level = open_level(slide, downsample=side_px / out_px, lazy=True)
     try:
         stain = _stain(bundle, level, grid, side_px, out_px)
@@ -77,6 +86,8 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
             f = bundle.features(tiles)
             chunks.append(f)
             proba[s:s + batch_size] = bundle.proba(f)
+            if genes:
+                expr[s:s + batch_size] = bundle.expression(bundle.head_embedding(tiles), genes)
         feats = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
     finally:
         level.close()
@@ -84,15 +95,20 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
     obs = pd.DataFrame({f"p_{c}": proba[:, i] for i, c in enumerate(classes)}, index=[f"tile{i}" for i in range(n)])
     obs["predicted"] = pd.Categorical(pred, categories=classes)
     obs["tissue_fraction"] = grid.tissue
+    for j, g in enumerate(genes):
+        obs[f"expr_{g}"] = expr[:, j]
     tiles_ad = ad.AnnData(obs=obs, obsm={"spatial": grid.centres.astype(np.float64), "X_image": feats})
     fractions = {c: float(np.mean(pred == c)) if n else 0.0 for c in classes}
     summary = {"slide": str(slide), "size_px": [w, h], "um_per_px": mpp, "um_per_px_source": mpp_source,
                "tile_um": patch["size_um"], "tile_px": side_px, "n_tiles": n, "min_tissue": min_tissue,
-               "area_fraction": fractions, "model": {k: bundle.manifest[k] for k in ("method", "fold", "backbone", "trunk", "features")}}
+               "area_fraction": fractions, "genes": genes,
+               "model": {k: bundle.manifest[k] for k in ("method", "fold", "backbone", "trunk", "features")}}
     tiles_ad.uns["stguide_predict"] = json.loads(json.dumps(summary))
     tiles_ad.write_h5ad(out / "tiles.h5ad")
     write_geojson(out / "tiles.geojson", grid.centres, side_px, pred, proba.max(1) if n else np.zeros(0))
     subtype_map(out / "map.png", thumb, scale, grid.centres, side_px, pred, classes, fractions, slide.name)
+    if map_gene:
+        gene_map(out / f"map_{map_gene}.png", thumb, scale, grid.centres, side_px, expr[:, genes.index(map_gene)], map_gene, slide.name)
     write_json_atomic(out / "summary.json", summary)
     return summary
 
@@ -145,6 +161,32 @@ def subtype_map(path: Path, thumb: np.ndarray, scale: float, centres: np.ndarray
                for c in classes]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, frameon=False, title="class (tissue area)")
     ax.set_title(f"{title}: {len(centres)} tiles")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def gene_map(path: Path, thumb: np.ndarray, scale: float, centres: np.ndarray, side_px: float, values: np.ndarray, gene: str,
+             title: str) -> Path:
+    """The thumbnail with each tile coloured by one gene's predicted expression (viridis, with a colour bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(9, 9))
+    ax.imshow(thumb)
+    s = side_px * scale
+    coll = PatchCollection([Rectangle((x * scale - s / 2, y * scale - s / 2), s, s) for x, y in centres], cmap="viridis",
+                           edgecolor="none", alpha=0.75)
+    coll.set_array(np.asarray(values, float))
+    ax.add_collection(coll)
+    fig.colorbar(coll, ax=ax, fraction=0.04, label=f"{gene}: predicted log1p(counts per 10,000)")
+    ax.set_title(f"{title}: {gene} (retrieved from the model's reference spots)")
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
