@@ -138,57 +138,55 @@ def write_geojson(path: Path, centres: np.ndarray, side_px: float, pred: np.ndar
     write_json_atomic(path, {"type": "FeatureCollection", "features": feats})
 
 
-def subtype_map(path: Path, thumb: np.ndarray, scale: float, centres: np.ndarray, side_px: float, pred: np.ndarray,
-                classes: list[str], fractions: dict[str, float], title: str) -> Path:
-    """The thumbnail with each tile coloured by its class, and a legend of the classes' area fractions."""
+def _tile_map(path: Path, thumb: np.ndarray, scale: float, centres: np.ndarray, side_px: float, title: str, draw) -> Path:
+    """The thumbnail with the tiles drawn by ``draw(ax, tiles_of(mask))`` over it, titled and saved."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.collections import PatchCollection
-    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
+
+    s = side_px * scale
+
+    def tiles_of(sel: np.ndarray, **kw) -> PatchCollection:
+        return PatchCollection([Rectangle((x * scale - s / 2, y * scale - s / 2), s, s) for x, y in centres[sel]], edgecolor="none", **kw)
 
     fig, ax = plt.subplots(figsize=(9, 9))
     ax.imshow(thumb)
-    s = side_px * scale
-    for c in classes:
-        sel = pred == c
-        if sel.any():
-            rects = [Rectangle((x * scale - s / 2, y * scale - s / 2), s, s) for x, y in centres[sel]]
-            ax.add_collection(PatchCollection(rects, facecolor=class_colour(c), edgecolor="none", alpha=0.55))
-    handles = [Line2D([], [], marker="s", ls="", markersize=9, color=class_colour(c), label=f"{c} ({100 * fractions[c]:.1f} %)")
-               for c in classes]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, frameon=False, title="class (tissue area)")
-    ax.set_title(f"{title}: {len(centres)} tiles")
+    draw(fig, ax, tiles_of)
+    ax.set_title(title)
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def subtype_map(path: Path, thumb: np.ndarray, scale: float, centres: np.ndarray, side_px: float, pred: np.ndarray,
+                classes: list[str], fractions: dict[str, float], title: str) -> Path:
+    """The thumbnail with each tile coloured by its class, and a legend of the classes' area fractions."""
+    from matplotlib.lines import Line2D
+
+    def draw(fig, ax, tiles_of) -> None:
+        for c in classes:
+            if (pred == c).any():
+                ax.add_collection(tiles_of(pred == c, facecolor=class_colour(c), alpha=0.55))
+        handles = [Line2D([], [], marker="s", ls="", markersize=9, color=class_colour(c), label=f"{c} ({100 * fractions[c]:.1f} %)")
+                   for c in classes]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, frameon=False, title="class (tissue area)")
+
+    return _tile_map(path, thumb, scale, centres, side_px, f"{title}: {len(centres)} tiles", draw)
 
 
 def gene_map(path: Path, thumb: np.ndarray, scale: float, centres: np.ndarray, side_px: float, values: np.ndarray, gene: str,
              title: str) -> Path:
     """The thumbnail with each tile coloured by one gene's predicted expression (viridis, with a colour bar)."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Rectangle
+    def draw(fig, ax, tiles_of) -> None:
+        coll = tiles_of(np.ones(len(centres), bool), cmap="viridis", alpha=0.75)
+        coll.set_array(np.asarray(values, float))
+        ax.add_collection(coll)
+        fig.colorbar(coll, ax=ax, fraction=0.04, label=f"{gene}: predicted log1p(counts per 10,000)")
 
-    fig, ax = plt.subplots(figsize=(9, 9))
-    ax.imshow(thumb)
-    s = side_px * scale
-    coll = PatchCollection([Rectangle((x * scale - s / 2, y * scale - s / 2), s, s) for x, y in centres], cmap="viridis",
-                           edgecolor="none", alpha=0.75)
-    coll.set_array(np.asarray(values, float))
-    ax.add_collection(coll)
-    fig.colorbar(coll, ax=ax, fraction=0.04, label=f"{gene}: predicted log1p(counts per 10,000)")
-    ax.set_title(f"{title}: {gene} (retrieved from the model's reference spots)")
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _tile_map(path, thumb, scale, centres, side_px, f"{title}: {gene} (retrieved from the model's reference spots)", draw)
