@@ -61,18 +61,17 @@ def pearson_per_gene(y: np.ndarray, yhat: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (yc * pc).sum(0) / den, np.nan)
 
 
-def _embed(tower, transform, store, names: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(backbone features, head embedding or None, the probed features) of the spots ``names``."""
-    fs, us, ps = [], [], []
+def _embed(tower, transform, store, names: list[str], batch_size: int = 64) -> tuple[np.ndarray | None, np.ndarray]:
+    """(head embedding or None, the probed features) of the spots ``names``, one forward pass each."""
+    us, ps = [], []
     with torch.no_grad():
         for s in range(0, len(names), batch_size):
             x = torch.stack([transform(p) for p in store.take(names[s:s + batch_size])])
             f, u = tower.embed(x)
-            fs.append(f.numpy())
-            ps.append(tower(x).numpy())
+            ps.append(tower.probed(f, u).numpy())
             if u is not None:
                 us.append(u.numpy())
-    return np.concatenate(fs), (np.concatenate(us) if us else None), np.concatenate(ps)
+    return (np.concatenate(us) if us else None), np.concatenate(ps)
 
 
 def gene_embedding(c: TrainedCell, sd: dict[str, torch.Tensor], adata, enc=None) -> np.ndarray:
@@ -130,7 +129,7 @@ def expression_lopo(run_dir: str | PathLike, method: str, n_hvg: int = 50, marke
         y = expr_all[:, col].astype(np.float64)
         names = list(map(str, adata.obs_names))
         tower, transform, sd = cell_tower(c)
-        f, u, probed = _embed(tower, transform, store, names)
+        u, probed = _embed(tower, transform, store, names)
         preds = {"ridge": ridge(probed[train], y[train], probed[test])}
         if u is not None and c.method.gene_encoder:
             v = gene_embedding(c, sd, adata[train])
