@@ -168,8 +168,8 @@ def main() -> None:
     res_dir = Path(args.results)
     res_dir.mkdir(parents=True, exist_ok=True)
     md = table(records)
-    if order:
-        md += f"\nRanked by the rule (label score ≥ 90 % of PCA's, then iLISI): {', '.join(order) or 'none passes'}\n"
+    if "pca" in records:
+        md += f"\nRanked by the rule (label score ≥ 90 % of PCA's, then iLISI): {', '.join(order) or 'no setting passes'}\n"
     if lopo:
         md += "\n| setting (gene-side LOPO) | bacc (linear) | kNN bacc | 3-class bacc |\n|---|---|---|---|\n" + "".join(
             f"| {n} | {v['bacc']:.3f} ± {v['bacc_sd']:.3f} | {v['knn_bacc']:.3f} | {v['bacc3']:.3f} |\n" for n, v in lopo.items())
