@@ -104,21 +104,29 @@ class Bundle:
     def classes(self) -> list[str]:
         return [str(c) for c in self.probe["classes"]]
 
+    def transform(self):
+        from stguide.contrastive.encoders import make_transform
+
+        return make_transform(self.manifest["input_mean"], self.manifest["input_std"])
+
     @torch.no_grad()
-    def head_embedding(self, patches: np.ndarray) -> np.ndarray:
-        """The normalised image-head embedding of uint8 patches (the joint space of retrieval)."""
-        if self.tower.head is None:
+    def embed(self, patches: np.ndarray, head: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the probed features, and with ``head`` the normalised image-head embedding: the joint space of retrieval)
+        of uint8 patches (n × px × px × 3), from one forward pass."""
+        if head and self.tower.head is None:
             raise InputError(self.path, "this model has no image head, so no joint space to retrieve expression from",
                              "export a gene-guided method (e.g. ours-scvi or clip)")
         t = self.transform()
-        _, u = self.tower.embed(torch.stack([t(p) for p in patches]))
-        assert u is not None
-        return u.numpy().astype(np.float32)
+        f, u = self.tower.embed(torch.stack([t(p) for p in patches]))
+        probed = self.tower.probed(f, u).numpy().astype(np.float32)
+        return probed, (u.numpy().astype(np.float32) if head and u is not None else None)
 
-    def expression(self, embedding: np.ndarray, genes: list[str], k: int | None = None) -> np.ndarray:
-        """Retrieved log-normalised expression of ``genes`` for head embeddings (BLEEP's top-k mean)."""
-        from stguide.apply.expression import retrieve
+    def features(self, patches: np.ndarray) -> np.ndarray:
+        """The probed features of uint8 patches (n × px × px × 3)."""
+        return self.embed(patches)[0]
 
+    def panel_columns(self, genes: list[str]) -> list[int]:
+        """The columns of ``genes`` in the reference panel; a clear error for a missing reference or gene."""
         if self.reference is None:
             raise InputError(self.path, "holds no expression reference (reference.npz)",
                              "export a gene-guided method; the bundle then carries its training spots' gene embeddings")
@@ -127,22 +135,17 @@ class Bundle:
         if missing:
             raise InputError(self.path / REFERENCE, f"gene(s) {missing[:5]} are not in the model's reference panel of "
                              f"{len(panel)} genes (e.g. {panel[:5]})", "ask for genes of the panel (manifest.json lists it)")
-        cols = [panel.index(g) for g in genes]
+        return [panel.index(g) for g in genes]
+
+    def expression(self, embedding: np.ndarray, genes: list[str], k: int | None = None) -> np.ndarray:
+        """Retrieved log-normalised expression of ``genes`` for head embeddings (BLEEP's top-k mean)."""
+        from stguide.apply.expression import retrieve
+
+        cols = self.panel_columns(genes)
+        assert self.reference is not None
         ref = self.reference["embedding"].astype(np.float32)
         expr = self.reference["expression"][:, cols].astype(np.float32)
         return retrieve(embedding, ref, expr, k or int(self.manifest["reference"]["k"]))
-
-    def transform(self):
-        from stguide.contrastive.encoders import make_transform
-
-        return make_transform(self.manifest["input_mean"], self.manifest["input_std"])
-
-    @torch.no_grad()
-    def features(self, patches: np.ndarray) -> np.ndarray:
-        """The probed features of uint8 patches (n × px × px × 3)."""
-        t = self.transform()
-        x = torch.stack([t(p) for p in patches])
-        return self.tower(x).numpy().astype(np.float32)
 
     def proba(self, features: np.ndarray) -> np.ndarray:
         from stguide.evaluate.probes import probe_proba

@@ -56,7 +56,7 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
     if map_gene and map_gene not in genes:
         genes.append(map_gene)
     if genes:
-        bundle.expression(np.zeros((1, max(bundle.manifest.get("embed_dim") or 1, 1)), np.float32), genes)  # checks them first
+        bundle.panel_columns(genes)  # checks them before any tile is read
     w, h = image_size(slide)
     mpp, mpp_source = slide_um_per_px(slide, um_per_px)
     patch = bundle.manifest["patch"]
@@ -83,11 +83,11 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
                 from stguide.data.stain import apply_macenko
 
                 tiles = np.stack([apply_macenko(t, *stain) for t in tiles])
-            f = bundle.features(tiles)
+            f, u = bundle.embed(tiles, head=bool(genes))
             chunks.append(f)
             proba[s:s + batch_size] = bundle.proba(f)
-            if genes:
-                expr[s:s + batch_size] = bundle.expression(bundle.head_embedding(tiles), genes)
+            if u is not None:
+                expr[s:s + batch_size] = bundle.expression(u, genes)
         feats = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
     finally:
         level.close()

@@ -156,6 +156,18 @@ def _pillow_level(path: Path, downsample: float) -> Level:
     return Level(path, full[0] / arr.shape[1], full, array=arr)
 
 
+def _tiff_pick_level(series, downsample: float) -> tuple[tuple[int, int], int, float]:
+    """(full-resolution size, index of the coarsest pyramid level not coarser than ``downsample``, its downsample)."""
+    base = series.levels[0]
+    full = (int(base.shape[base.axes.index("X")]), int(base.shape[base.axes.index("Y")]))
+    index, best_ds = 0, 1.0
+    for i, lvl in enumerate(series.levels[1:], start=1):
+        ds = full[0] / lvl.shape[lvl.axes.index("X")]
+        if best_ds < ds <= downsample:
+            index, best_ds = i, ds
+    return full, index, best_ds
+
+
 def _tiff_lazy_level(path: Path, downsample: float) -> Level:
     """The coarsest pyramid level not coarser than ``downsample``, read region by region through zarr (memory stays
     flat in the image's size)."""
@@ -163,15 +175,8 @@ def _tiff_lazy_level(path: Path, downsample: float) -> Level:
     import zarr
 
     with tifffile.TiffFile(path) as tf:
-        series = tf.series[0]
-        base = series.levels[0]
-        full = (int(base.shape[base.axes.index("X")]), int(base.shape[base.axes.index("Y")]))
-        index, best_ds = 0, 1.0
-        for i, lvl in enumerate(series.levels[1:], start=1):
-            ds = full[0] / lvl.shape[lvl.axes.index("X")]
-            if best_ds < ds <= downsample:
-                index, best_ds = i, ds
-        axes = series.levels[index].axes
+        full, index, best_ds = _tiff_pick_level(tf.series[0], downsample)
+        axes = tf.series[0].levels[index].axes
     store = tifffile.imread(path, aszarr=True, level=index)
     z = zarr.open_array(store, mode="r")
     return Level(path, best_ds, full, lazy=z, lazy_axes=axes, store=store)
@@ -181,15 +186,8 @@ def _tiff_level(path: Path, downsample: float) -> Level:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
-        series = tf.series[0]
-        base = series.levels[0]
-        axes = base.axes
-        full = (int(base.shape[axes.index("X")]), int(base.shape[axes.index("Y")]))
-        best, best_ds = base, 1.0
-        for lvl in series.levels[1:]:
-            ds = full[0] / lvl.shape[lvl.axes.index("X")]
-            if ds <= downsample and ds > best_ds:
-                best, best_ds = lvl, ds
+        full, index, best_ds = _tiff_pick_level(tf.series[0], downsample)
+        best = tf.series[0].levels[index]
         page = best.keyframe if hasattr(best, "keyframe") else best.pages[0]
         factor = int(downsample / best_ds)
         if factor >= 2 and getattr(page, "is_tiled", False) and best.axes.startswith("YX"):
