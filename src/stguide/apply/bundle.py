@@ -60,6 +60,13 @@ class ImageTower(nn.Module):
         return u if self.features == "head" else torch.cat([f, u], dim=1)
 
 
+@torch.no_grad()
+def embed_patches(tower: ImageTower, transform, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the probed features, the normalised head embedding or None) of uint8 patches, one forward pass."""
+    f, u = tower.embed(torch.stack([transform(p) for p in patches]))
+    return tower.probed(f, u).numpy().astype(np.float32), (None if u is None else u.numpy().astype(np.float32))
+
+
 def build_tower(man: dict[str, Any]) -> ImageTower:
     """The untrained architecture a manifest describes (weights are loaded separately)."""
     import timm
@@ -116,10 +123,8 @@ class Bundle:
         if head and self.tower.head is None:
             raise InputError(self.path, "this model has no image head, so no joint space to retrieve expression from",
                              "export a gene-guided method (e.g. ours-scvi or clip)")
-        t = self.transform()
-        f, u = self.tower.embed(torch.stack([t(p) for p in patches]))
-        probed = self.tower.probed(f, u).numpy().astype(np.float32)
-        return probed, (u.numpy().astype(np.float32) if head and u is not None else None)
+        probed, u = embed_patches(self.tower, self.transform(), patches)
+        return probed, (u if head else None)
 
     def features(self, patches: np.ndarray) -> np.ndarray:
         """The probed features of uint8 patches (n × px × px × 3)."""

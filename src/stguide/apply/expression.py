@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stguide.apply.bundle import TrainedCell, cell_tower, open_cell
+from stguide.apply.bundle import TrainedCell, cell_tower, embed_patches, open_cell
 from stguide.errors import InputError
 
 MARKERS = ("ERBB2", "ESR1", "EPCAM", "PTPRC", "COL1A1", "PLIN1", "KRT5", "ACTA2")
@@ -63,15 +63,9 @@ def pearson_per_gene(y: np.ndarray, yhat: np.ndarray) -> np.ndarray:
 
 def _embed(tower, transform, store, names: list[str], batch_size: int = 64) -> tuple[np.ndarray | None, np.ndarray]:
     """(head embedding or None, the probed features) of the spots ``names``, one forward pass each."""
-    us, ps = [], []
-    with torch.no_grad():
-        for s in range(0, len(names), batch_size):
-            x = torch.stack([transform(p) for p in store.take(names[s:s + batch_size])])
-            f, u = tower.embed(x)
-            ps.append(tower.probed(f, u).numpy())
-            if u is not None:
-                us.append(u.numpy())
-    return (np.concatenate(us) if us else None), np.concatenate(ps)
+    parts = [embed_patches(tower, transform, store.take(names[s:s + batch_size])) for s in range(0, len(names), batch_size)]
+    us = [u for _, u in parts if u is not None]
+    return (np.concatenate(us) if us else None), np.concatenate([p for p, _ in parts])
 
 
 def gene_embedding(c: TrainedCell, sd: dict[str, torch.Tensor], adata, enc=None) -> np.ndarray:
