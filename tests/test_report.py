@@ -31,6 +31,34 @@ def test_a_class_has_one_colour_in_every_figure(tmp_path, monkeypatch):
     assert len(set(CLASS_COLOURS.values())) == len(CLASS_COLOURS)
 
 
+def test_the_confusion_matrix_names_each_class_in_its_colour(tmp_path, monkeypatch):
+    """The confusion matrices' class names (both axes) are drawn in the palette's colours, read back from a figure
+    made from a run folder's predictions."""
+    import matplotlib.colors
+
+    from stguide.evaluate.cache import save_npz
+    from stguide.report import figures
+
+    cell = tmp_path / "folds" / "P1" / "m"
+    cell.mkdir(parents=True)
+    save_npz(cell / "predictions.npz", y_true=np.array(["adipose tissue", "my class", "invasive cancer"]),
+             y_pred=np.array(["adipose tissue", "invasive cancer", "invasive cancer"]))
+    (cell / "metrics.json").write_text("{}")
+    seen = {}
+    real_save = figures._save
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        for t in (*ax.get_xticklabels(), *ax.get_yticklabels()):
+            seen.setdefault(t.get_text(), set()).add(matplotlib.colors.to_hex(t.get_color()))
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    assert figures.confusion_figure(tmp_path, ["m"], ["invasive cancer", "adipose tissue", "my class"], tmp_path / "c.png")
+    assert seen == {"invasive cancer"[:14]: {CLASS_COLOURS["invasive cancer"]}, "adipose tissue": {CLASS_COLOURS["adipose tissue"]},
+                    "my class": {class_colour("my class")}}  # names are cut at 14 characters
+
+
 def test_a_single_fold_mean_shows_no_spread():
     one = {"methods": {"a": {"folds": {"P1": {"bacc": 0.5}}, "mean": {"bacc": 0.5}, "sd": {"bacc": 0.0}}}}
     two = {"methods": {"a": {"folds": {"P1": {"bacc": 0.4}, "P2": {"bacc": 0.6}}, "mean": {"bacc": 0.5}, "sd": {"bacc": 0.141}}}}

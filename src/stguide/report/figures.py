@@ -64,13 +64,22 @@ def confusion_figure(run: Path, methods: list[str], classes: list[str], path: Pa
         for i in range(len(cls)):
             for j in range(len(cls)):
                 ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
-        short = [c[:14] for c in cls]
-        ax.set_xticks(range(len(cls)), short, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(cls)), short, fontsize=7)
+        class_ticks(ax, cls)
         ax.set_xlabel("predicted"), ax.set_ylabel("true")
         ax.set_title(m)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def class_ticks(ax, classes: list[str]) -> None:
+    """Both axes of a class × class panel labelled with the (shortened) class names, each in its palette colour."""
+    short = [c[:14] for c in classes]
+    ax.set_xticks(range(len(classes)), short, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), short, fontsize=7)
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for t, c in zip(ticks, classes, strict=True):
+            t.set_color(class_colour(c))
+            t.set_fontweight("bold")
 
 
 def plot_umaps(coords: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | PathLike) -> Path:
