@@ -107,3 +107,21 @@ def test_pyramid_tiff_uses_a_coarser_level(tmp_path):
         tw.write(img[::2, ::2], tile=(128, 128), photometric="rgb", subfiletype=1)
     lv = open_level(p, downsample=2.5)
     assert lv.scale == 2.0
+
+
+@pytest.mark.parametrize("layout", ["tiles", "strips"])
+def test_a_lazy_level_reads_what_a_decoded_one_does(tmp_path, layout):
+    """Read region by region from a bounded cache of decoded tiles (or strips), a lazily opened level gives the
+    very patches of the level decoded whole, at the image's edges too, and keeps no more than its cache's cap."""
+    img = np.random.default_rng(0).integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    p = tmp_path / "lazy.tif"
+    tifffile.imwrite(p, img, photometric="rgb", **({"tile": (128, 128)} if layout == "tiles" else {"rowsperstrip": 64}))
+    lazy, whole = open_level(p, lazy=True), open_level(p)
+    assert lazy.array is None and whole.array is not None
+    rng = np.random.default_rng(1)
+    for cx, cy in [(0, 0), (900, 700), *rng.uniform(0, 900, (40, 2))]:
+        a, fa = lazy.cut(cx, cy, 70, 32)
+        b, fb = whole.cut(cx, cy, 70, 32)
+        assert np.array_equal(a, b) and fa == fb
+    assert 0 < len(lazy.chunk_cache) <= lazy.chunk_cache_cap
+    lazy.close()

@@ -231,11 +231,19 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from stguide.apply.bundle import export_bundle, load_bundle
+    from stguide.apply.runcell import REFIT
 
-    out = export_bundle(args.run_dir, args.method, args.out, fold=args.fold, seed=args.seed, k=args.k)
+    fold = args.fold
+    if args.refit_all:
+        from stguide.apply.refit import refit_all
+
+        refit_all(args.run_dir, args.method, seed=args.seed, progress=not args.no_progress)
+        fold = REFIT
+    out = export_bundle(args.run_dir, args.method, args.out, fold=fold, seed=args.seed, k=args.k)
     b = load_bundle(out)
     m = b.manifest
-    print(f"wrote {out}: {m['method']} trained without patient {m['fold']} ({m['backbone']}, trunk {m['trunk']}, "
+    trained = "trained on every patient" if m["fold"] == REFIT else f"trained without patient {m['fold']}"
+    print(f"wrote {out}: {m['method']} {trained} ({m['backbone']}, trunk {m['trunk']}, "
           f"{len(b.classes)} classes); see {out / 'MODEL_CARD.md'}")
 
 
@@ -395,10 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a model bundle (weights, probe, manifest, model card) from a run folder")
     ex.add_argument("run_dir", help="the --out folder of `stguide experiment`")
     ex.add_argument("--method", required=True, help="a method of the run, e.g. ours-scvi")
-    ex.add_argument("--fold", help="the fold whose model to export (the model trained without that patient; default: the first)")
+    which = ex.add_mutually_exclusive_group()
+    which.add_argument("--fold", help="the fold whose model to export (the model trained without that patient; default: the first)")
+    which.add_argument("--refit-all", action="store_true",
+                       help="retrain the method on every patient with the run's settings (cached under RUN_DIR/refit/) and export that")
     ex.add_argument("--seed", type=int, default=0, help="which seed's model, for runs with several seeds (default 0)")
     ex.add_argument("--k", type=int, default=50, help="reference spots averaged when predicting expression (default 50)")
     ex.add_argument("--out", required=True, help="the bundle folder to write")
+    ex.add_argument("--no-progress", action="store_true", help="no progress bars (--refit-all)")
     ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("predict", help="apply a model bundle to a whole-slide image without ST (subtype map, tiles, GeoJSON)")

@@ -16,76 +16,23 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from stguide.apply.expression import gene_embedding, retrieve
+from stguide.apply.runcell import REFIT, TrainedCell, cell_tower, open_cell, probe_of_cell, train_patients
+from stguide.apply.tower import ImageTower, build_tower, embed_patches
 from stguide.errors import InputError
 from stguide.io import atomic_path, write_json_atomic
 
 FILES = ("image_model.safetensors", "probe.npz", "MODEL_CARD.md")
 REFERENCE = "reference.npz"  # optional: the joint-space reference for image → expression
 FORMAT = 1
-
-
-class ImageTower(nn.Module):
-    """A patch tensor → the features the probe reads: ``backbone`` (the trunk's output after the trained part),
-    ``head`` (the normalised head embedding) or ``both`` (backbone ‖ head)."""
-
-    def __init__(self, prefix: nn.Module, backbone: nn.Module, head: nn.Module | None, features: str,
-                 prefix_float16: bool = False) -> None:
-        super().__init__()
-        self.prefix, self.backbone, self.head, self.features = prefix, backbone, head, features
-        self.prefix_float16 = prefix_float16  # the run trained on the prefix's output cached in float16: round it alike
-
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # channels-last, as the feature cache computes the trunk (faster on CPU: benchmarks/trunk_layout.py)
-        h = self.prefix.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
-        f = self.backbone(h.half().float() if self.prefix_float16 else h)
-        return f, (F.normalize(self.head(f), dim=1) if self.head is not None else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.probed(*self.embed(x))
-
-    def probed(self, f: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        """The features the probe reads, from :meth:`embed`'s output."""
-        if self.features == "backbone" or u is None:
-            return f
-        return u if self.features == "head" else torch.cat([f, u], dim=1)
-
-
-@torch.no_grad()
-def embed_patches(tower: ImageTower, transform, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(the probed features, the normalised head embedding or None) of uint8 patches, one forward pass."""
-    f, u = tower.embed(torch.stack([transform(p) for p in patches]))
-    return tower.probed(f, u).numpy().astype(np.float32), (None if u is None else u.numpy().astype(np.float32))
-
-
-def build_tower(man: dict[str, Any]) -> ImageTower:
-    """The untrained architecture a manifest describes (weights are loaded separately)."""
-    import timm
-
-    from stguide.contrastive.heads import ProjectionHead
-    from stguide.contrastive.trunk import split_trunk
-
-    model = timm.create_model(man["backbone"], pretrained=False, num_classes=0)
-    prefix: nn.Module
-    backbone: nn.Module
-    if man["trunk"] == "frozen":
-        prefix, backbone = model, nn.Identity()
-    elif man["trunk"] == "partial":
-        prefix, tail = split_trunk(model, man["trunk_blocks"], man["backbone"])
-        backbone = tail if tail is not None else nn.Identity()
-    else:
-        prefix, backbone = nn.Identity(), model
-    head = ProjectionHead(man["feature_dim"], man["embed_dim"], man["dropout"]) if man["embed_dim"] else None
-    return ImageTower(prefix, backbone, head, man["features"], man["prefix_float16"]).eval()
 
 
 def _sha256(path: Path) -> str:
@@ -144,7 +91,6 @@ class Bundle:
 
     def expression(self, embedding: np.ndarray, genes: list[str], k: int | None = None) -> np.ndarray:
         """Retrieved log-normalised expression of ``genes`` for head embeddings (BLEEP's top-k mean)."""
-        from stguide.apply.expression import retrieve
 
         cols = self.panel_columns(genes)
         assert self.reference is not None
@@ -194,114 +140,6 @@ def load_bundle(path: str | PathLike) -> Bundle:
     return Bundle(path, man, tower, probe, reference)
 
 
-def _cell_weights(cell: Path) -> dict[str, torch.Tensor]:
-    """The trained module's weights of a cell: ``model.safetensors`` (cached trunks) or ``checkpoints/last.ckpt``."""
-    if (cell / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(cell / "model.safetensors"))
-    ckpt = cell / "checkpoints" / "last.ckpt"
-    if ckpt.is_file():
-        return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    raise InputError(cell, "holds no trained weights (model.safetensors or checkpoints/last.ckpt)", "run the experiment to the end first")
-
-
-def _probe_of_cell(cell: Path, C: float, pcfg) -> tuple[dict[str, np.ndarray], str]:
-    """The cell's linear probe: its saved arrays, or (cells from before they were saved) refitted with the cell's C
-    on the training spots of its ``features.npz``."""
-    if (cell / "probe.npz").is_file():
-        with np.load(cell / "probe.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}, "saved by the run"
-    from stguide.evaluate.probes import fit_linear_probe, probe_arrays
-
-    with np.load(cell / "features.npz", allow_pickle=False) as z:
-        x, y, groups, test = z["x"].astype(np.float32), z["label"], z["patient"], z["test"]
-    model, _, _ = fit_linear_probe(x[~test], y[~test], groups[~test], replace(pcfg, Cs=(C,)))
-    return probe_arrays(model), "refitted with the run's C on the cell's saved (float16) training features"
-
-
-@dataclass
-class TrainedCell:
-    """One finished cell of a run folder: what it was configured with and where it lives."""
-
-    run: Path
-    results: dict[str, Any]
-    cfg: Any  # ExperimentConfig
-    method: Any  # Method
-    ccfg: Any  # the cell's ContrastiveConfig (its seed included)
-    pcfg: Any  # the cell's ProbeConfig
-    fold: str
-    path: Path
-
-    @property
-    def trains(self) -> bool:
-        from stguide.evaluate.lopo import trains
-
-        return trains(self.method, self.ccfg)
-
-
-def open_cell(run_dir: str | PathLike, method: str, fold: str | None = None, seed: int = 0) -> TrainedCell:
-    """The cell of ``method`` in ``fold`` (default: the first fold) and seed index ``seed`` of a finished run."""
-    from stguide.config import build_dataclass
-    from stguide.evaluate.config import ExperimentConfig
-    from stguide.evaluate.lopo import cell_path, seed_dependent
-
-    run = Path(run_dir)
-    rf = run / "results.json"
-    if not rf.is_file():
-        raise InputError(run, "is not a finished run folder (no results.json)", "give the --out folder of `stguide experiment`")
-    results = json.loads(rf.read_text())
-    cfg = build_dataclass(ExperimentConfig, results["config"], f"{rf}:config")
-    methods = {m.name: m for m in cfg.all_methods()}
-    if method not in methods:
-        raise InputError(rf, f"the run has no method {method!r}", f"use one of {sorted(methods)}")
-    m = methods[method]
-    folds = sorted(results["methods"].get(method, {}).get("folds", {}))
-    if not folds:
-        raise InputError(rf, f"method {method!r} has no finished fold", "run the experiment to the end first")
-    fold = fold or folds[0]
-    if fold not in folds:
-        raise InputError(rf, f"method {method!r} has no fold {fold!r}", f"use one of {folds}")
-    base = m.config(cfg.contrastive)
-    ccfg = replace(base, seed=base.seed + seed) if seed_dependent(m, base) else base
-    return TrainedCell(run, results, cfg, m, ccfg, m.probe_config(cfg.probe), fold,
-                       cell_path(run / "folds" / fold, m, ccfg, cfg.lopo.seeds, ccfg.seed))
-
-
-def cell_tower(c: TrainedCell) -> tuple[ImageTower, Any, dict[str, torch.Tensor]]:
-    """(the cell's image tower in eval mode, its input transform, the cell's trained weights or {})."""
-    from stguide.contrastive.encoders import build_image_encoder
-    from stguide.contrastive.heads import ProjectionHead
-    from stguide.contrastive.trunk import split_trunk
-
-    ccfg = c.ccfg
-    cached = ccfg.trunk != "full"  # the run read the trunk's output from the float16 feature cache
-    trunk = ccfg.trunk if c.trains else "frozen"
-    torch.manual_seed(0 if cached else ccfg.seed)  # the run's draw of a random-init trunk (features.py, lopo.py)
-    model, transform = build_image_encoder(ccfg.backbone, ccfg.init)
-    model.eval()
-    features = c.pcfg.features if c.trains else "backbone"
-    if trunk == "partial":
-        prefix, tail = split_trunk(model, ccfg.trunk_blocks, ccfg.backbone)
-        trained: nn.Module = tail if tail is not None else nn.Identity()
-    elif trunk == "frozen":
-        prefix, trained = model, nn.Identity()
-    else:
-        prefix, trained = nn.Identity(), model
-    head, sd = None, {}
-    if c.trains:
-        sd = _cell_weights(c.path)
-        hw = sd["image_head.proj.weight"]
-        head = ProjectionHead(int(hw.shape[1]), int(hw.shape[0]), ccfg.dropout)
-        head.load_state_dict({k[len("image_head."):]: v for k, v in sd.items() if k.startswith("image_head.")})
-        own = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-        if own:
-            trained.load_state_dict(own)
-        if ccfg.freeze_backbone and c.pcfg.features == "backbone":
-            features = "head"  # as the run probed it: a frozen backbone learnt nothing
-    return ImageTower(prefix, trained, head, features, cached).eval(), transform, sd
-
-
 def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike, fold: str | None = None, seed: int = 0,
                   k: int = 50) -> Path:
     """Write the bundle of ``method``'s model trained in ``fold`` (default: the first fold) of a run folder. A
@@ -313,11 +151,13 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
     if c.pcfg.centre != "none":
         raise InputError(f"config:methods.{method}.probe.centre", "a probe on per-patient centred features needs the "
                          "patient's own mean, which a new slide does not define", "export a method probed without centring")
+    if not (c.path / "metrics.json").is_file():
+        raise InputError(c.path, "holds no finished model", "refit it first: stguide export RUN --method M --refit-all")
     metrics = json.loads((c.path / "metrics.json").read_text())
     tower, transform, sd = cell_tower(c)
     reference = _reference(c, sd, k) if tower.head is not None and c.method.gene_encoder and "gene_head.proj.weight" in sd else None
     head = tower.head
-    probe, probe_source = _probe_of_cell(c.path, float(metrics["C"]), c.pcfg)
+    probe, probe_source = probe_of_cell(c.path, float(metrics["C"]), c.pcfg)
     ccfg, results, cfg = c.ccfg, c.results, c.cfg
     out = Path(out_dir)
     man: dict[str, Any] = {
@@ -330,7 +170,7 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
         "patch": {"size_um": cfg.patches.size_um, "out_px": cfg.patches.out_px, "stain_norm": cfg.patches.stain_norm},
         "classes": [str(x) for x in probe["classes"]], "probe": {"C": float(metrics["C"]), "source": probe_source},
         "gene_encoder": c.method.gene_encoder, "loss": c.method.loss,
-        "trained_on": {"patients": _train_patients(c.path), "held_out": c.fold, "dataset": results.get("dataset", {})},
+        "trained_on": {"patients": train_patients(c.path), "held_out": None if c.fold == REFIT else c.fold, "dataset": results.get("dataset", {})},
         "lopo": {"this_fold": {m: metrics[m] for m in ("bacc", "macro_f1", "acc", "kappa") if m in metrics},
                  "mean": results["methods"][method]["mean"], "sd": results["methods"][method]["sd"]},
         "reference": None if reference is None else {"n_spots": int(len(reference["embedding"])), "k": k,
@@ -353,7 +193,6 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
 
 def _reference(c: TrainedCell, sd: dict[str, torch.Tensor], k: int) -> dict[str, np.ndarray]:
     """The training spots' gene-head embeddings and log-normalised expression of the fold gene encoder's genes."""
-    from stguide.apply.expression import gene_embedding
     from stguide.data.model import read_dataset
     from stguide.genes import load_encoder
     from stguide.genes.expression import log_normalise
@@ -361,15 +200,10 @@ def _reference(c: TrainedCell, sd: dict[str, torch.Tensor], k: int) -> dict[str,
     adata = read_dataset(c.run / "data" / "dataset.h5ad")
     audit = json.loads((c.path / "leakage_audit.json").read_text())
     train = adata[~adata.obs["patient"].astype(str).isin(audit["held_out"]["patients"]).to_numpy()]
-    enc = load_encoder(c.run / "folds" / c.fold / "genes" / c.method.gene_encoder)
+    enc = load_encoder(c.fold_dir / "genes" / c.method.gene_encoder)
     expr = log_normalise(train.X)[:, train.var_names.get_indexer(enc.genes)]
     return {"embedding": gene_embedding(c, sd, train, enc).astype(np.float16), "expression": expr.astype(np.float16),
             "genes": np.asarray(enc.genes, dtype=str), "obs_names": np.asarray(train.obs_names, dtype=str)}
-
-
-def _train_patients(cell: Path) -> list[str]:
-    audit = json.loads((cell / "leakage_audit.json").read_text()) if (cell / "leakage_audit.json").is_file() else {}
-    return list(audit.get("probe", {}).get("patients", []))
 
 
 def model_card(man: dict[str, Any]) -> str:
@@ -385,10 +219,14 @@ def model_card(man: dict[str, Any]) -> str:
         + f"; the probe reads the `{man['features']}` features.",
         f"- Patches: {man['patch']['size_um']:g} µm of tissue resized to {man['patch']['out_px']} px "
         f"(stain handling: {man['patch']['stain_norm']}).",
-        f"- Trained on patients {', '.join(man['trained_on']['patients']) or '?'}; patient {man['fold']} was held out.",
+        f"- Trained on patients {', '.join(man['trained_on']['patients']) or '?'}; "
+        + (f"patient {man['fold']} was held out." if man["fold"] != REFIT else
+           "no patient was held out (refitted on all of them with the run's settings), so the run's leave-one-patient-out "
+           "scores below estimate, rather than measure, how this model does on a new patient."),
         f"- Classes: {', '.join(man['classes'])}.",
         f"- Leave-one-patient-out balanced accuracy of this method in its run: {mean.get('bacc', float('nan')):.3f} ± "
-        f"{sd.get('bacc', float('nan')):.3f} (linear probe); this fold {man['lopo']['this_fold'].get('bacc', float('nan')):.3f}.",
+        f"{sd.get('bacc', float('nan')):.3f} (linear probe)"
+        + (f"; this fold {man['lopo']['this_fold']['bacc']:.3f}." if "bacc" in man["lopo"]["this_fold"] else "."),
         f"- Produced by: `{man['run_command']}`.", "",
         "## Caveats",
         *(["- **Proxy labels**: some training labels were transferred from a serial section, not drawn by a pathologist; "

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stguide.apply.bundle import TrainedCell, cell_tower, embed_patches, open_cell
+from stguide.apply.runcell import TrainedCell, cell_tower, open_cell, run_store
+from stguide.apply.tower import embed_patches
 from stguide.errors import InputError
 
 MARKERS = ("ERBB2", "ESR1", "EPCAM", "PTPRC", "COL1A1", "PLIN1", "KRT5", "ACTA2")
@@ -92,7 +93,6 @@ def expression_lopo(run_dir: str | PathLike, method: str, n_hvg: int = 50, marke
                     progress: bool = True) -> dict[str, Any]:
     """Retrieval and ridge image → expression of ``method``'s models, every fold of the run (seed 0)."""
     from stguide.data.model import read_dataset
-    from stguide.data.patches import PatchStore
     from stguide.genes.base import select_genes
     from stguide.genes.expression import log_normalise
     from stguide.progress import track
@@ -100,10 +100,7 @@ def expression_lopo(run_dir: str | PathLike, method: str, n_hvg: int = 50, marke
     run = Path(run_dir)
     first = open_cell(run, method)
     adata = read_dataset(run / "data" / "dataset.h5ad")
-    stores = sorted((run / "patches").glob("patches-*"))
-    if not stores:
-        raise InputError(run / "patches", "holds no patch cache", "run the experiment to the end first")
-    store = PatchStore(stores[0])
+    store = run_store(first, adata)
     has = np.isin(np.asarray(adata.obs_names), store.obs_names)
     adata = adata[has].copy()
     expr_all = log_normalise(adata.X)

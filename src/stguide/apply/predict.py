@@ -8,11 +8,14 @@ pyramid level in batches (memory stays flat in the slide's size). Writes into ``
   (``obs["predicted"]``) and the tile's tissue fraction;
 - ``map.png``: the subtype map over the thumbnail, with a legend of classes and their area fractions;
 - ``tiles.geojson``: each tile as a square polygon with its class (QuPath: File › Import objects);
-- ``summary.json``: the slide, its µm/px and where it came from, the tile count and size, and the area fractions.
+- ``summary.json``: the slide, its µm/px and where it came from, the tile count and size, the area fractions, and the
+  seconds spent finding tissue, embedding tiles and writing the outputs.
 """
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,7 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
         genes.append(map_gene)
     if genes:
         bundle.panel_columns(genes)  # checks them before any tile is read
+    t0 = time.perf_counter()
     w, h = image_size(slide)
     mpp, mpp_source = slide_um_per_px(slide, um_per_px)
     patch = bundle.manifest["patch"]
@@ -73,24 +77,36 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
     feats: np.ndarray = np.zeros((0, 0), np.float32)
     proba = np.zeros((n, len(classes)))
     expr = np.zeros((n, len(genes)))
+    t_mask = time.perf_counter()
     level = open_level(slide, downsample=side_px / out_px, lazy=True)
     try:
         stain = _stain(bundle, level, grid, side_px, out_px)
         chunks = []
-        for s in track(range(0, n, batch_size), f"tiles of {slide.name} ({n} tiles of {patch['size_um']:g} µm)", enabled=progress):
+
+        def read(s: int) -> np.ndarray:
             tiles = np.stack([level.cut(x, y, side_px / 2, out_px)[0] for x, y in grid.centres[s:s + batch_size]])
             if stain is not None:
                 from stguide.data.stain import apply_macenko
 
                 tiles = np.stack([apply_macenko(t, *stain) for t in tiles])
-            f, u = bundle.embed(tiles, head=bool(genes))
-            chunks.append(f)
-            proba[s:s + batch_size] = bundle.proba(f)
-            if u is not None:
-                expr[s:s + batch_size] = bundle.expression(u, genes)
+            return tiles
+
+        starts = range(0, n, batch_size)
+        with ThreadPoolExecutor(1) as reader:  # the next batch is read and decoded while this one is embedded
+            ahead = reader.submit(read, 0) if n else None
+            for s in track(starts, f"tiles of {slide.name} ({n} tiles of {patch['size_um']:g} µm)", enabled=progress):
+                assert ahead is not None
+                tiles = ahead.result()
+                ahead = reader.submit(read, s + batch_size) if s + batch_size < n else None
+                f, u = bundle.embed(tiles, head=bool(genes))
+                chunks.append(f)
+                proba[s:s + batch_size] = bundle.proba(f)
+                if u is not None:
+                    expr[s:s + batch_size] = bundle.expression(u, genes)
         feats = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
     finally:
         level.close()
+    t_tiles = time.perf_counter()
     pred = np.array(classes, dtype=object)[proba.argmax(1)] if n else np.array([], dtype=object)
     obs = pd.DataFrame({f"p_{c}": proba[:, i] for i, c in enumerate(classes)}, index=[f"tile{i}" for i in range(n)])
     obs["predicted"] = pd.Categorical(pred, categories=classes)
@@ -102,13 +118,15 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
     summary = {"slide": str(slide), "size_px": [w, h], "um_per_px": mpp, "um_per_px_source": mpp_source,
                "tile_um": patch["size_um"], "tile_px": side_px, "n_tiles": n, "min_tissue": min_tissue,
                "area_fraction": fractions, "genes": genes,
-               "model": {k: bundle.manifest[k] for k in ("method", "fold", "backbone", "trunk", "features")}}
+               "model": {k: bundle.manifest[k] for k in ("method", "fold", "backbone", "trunk", "features")},
+               "seconds": {"thumbnail_and_mask": round(t_mask - t0, 2), "tiles": round(t_tiles - t_mask, 2)}}
     tiles_ad.uns["stguide_predict"] = json.loads(json.dumps(summary))
     tiles_ad.write_h5ad(out / "tiles.h5ad")
     write_geojson(out / "tiles.geojson", grid.centres, side_px, pred, proba.max(1) if n else np.zeros(0))
     subtype_map(out / "map.png", thumb, scale, grid.centres, side_px, pred, classes, fractions, slide.name)
     if map_gene:
         gene_map(out / f"map_{map_gene}.png", thumb, scale, grid.centres, side_px, expr[:, genes.index(map_gene)], map_gene, slide.name)
+    summary["seconds"]["outputs"] = round(time.perf_counter() - t_tiles, 2)
     write_json_atomic(out / "summary.json", summary)
     return summary
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from os import PathLike
@@ -25,6 +26,7 @@ from stguide.errors import InputError
 Image.MAX_IMAGE_PIXELS = None  # section images are large by nature; the user chose the file
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".ome.tif")
+CHUNK_CACHE_BYTES = 96 * 2**20  # decoded tiles kept by a lazily read level (Level._read_chunks)
 
 
 def _unreadable(path: Path, e: Exception) -> InputError:
@@ -91,6 +93,8 @@ class Level:
     lazy: Any = None  # a zarr array over a TIFF level (Y, X[, S]), when read on demand
     lazy_axes: str = "YXS"
     store: Any = None
+    chunk_cache: OrderedDict | None = None  # decoded tiles of a lazy level, least recently used first
+    chunk_cache_cap: int = 0
 
     @property
     def size(self) -> tuple[int, int]:
@@ -106,9 +110,7 @@ class Level:
         if self.array is not None:
             return self.array[y0:y1, x0:x1]
         if self.lazy is not None:
-            if self.lazy_axes.startswith("S"):
-                return _to_rgb(np.asarray(self.lazy[:, y0:y1, x0:x1]), self.lazy_axes)
-            return _to_rgb(np.asarray(self.lazy[y0:y1, x0:x1]), self.lazy_axes)
+            return self._read_chunks(x0, y0, x1, y1)
         region = self.slide.read_region(
             (int(x0 * self.scale), int(y0 * self.scale)), self.slide_level, (x1 - x0, y1 - y0)
         )
@@ -116,6 +118,38 @@ class Level:
         rgb = rgba[..., :3].copy()
         rgb[rgba[..., 3] == 0] = 255
         return rgb
+
+    def _lazy_region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        if self.lazy_axes.startswith("S"):
+            return _to_rgb(np.asarray(self.lazy[:, y0:y1, x0:x1]), self.lazy_axes)
+        return _to_rgb(np.asarray(self.lazy[y0:y1, x0:x1]), self.lazy_axes)
+
+    def _read_chunks(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """A region of a lazy level assembled from its stored tiles (or strips), each decoded once while it stays in
+        a small cache: neighbouring patches share tiles, and a row-by-row walk over the slide reuses the previous
+        row's. The cache holds two rows of tiles, at most ``CHUNK_CACHE_BYTES``."""
+        ch, cw = (int(self.lazy.chunks[self.lazy_axes.index(a)]) for a in "YX")
+        w, h = self.size
+        if self.chunk_cache is None:
+            per_row = -(-w // cw)
+            self.chunk_cache = OrderedDict()
+            self.chunk_cache_cap = max(4, min(2 * per_row + 4, CHUNK_CACHE_BYTES // (ch * cw * 3)))
+        cache = self.chunk_cache
+        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        for ty in range(y0 // ch, (y1 - 1) // ch + 1):
+            for tx in range(x0 // cw, (x1 - 1) // cw + 1):
+                block = cache.get((ty, tx))
+                if block is None:
+                    block = self._lazy_region(tx * cw, ty * ch, min((tx + 1) * cw, w), min((ty + 1) * ch, h))
+                    cache[(ty, tx)] = block
+                    if len(cache) > self.chunk_cache_cap:
+                        cache.popitem(last=False)
+                else:
+                    cache.move_to_end((ty, tx))
+                by, bx = ty * ch, tx * cw
+                sy0, sy1, sx0, sx1 = max(y0, by), min(y1, by + block.shape[0]), max(x0, bx), min(x1, bx + block.shape[1])
+                out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = block[sy0 - by : sy1 - by, sx0 - bx : sx1 - bx]
+        return out
 
     def cut(self, cx: float, cy: float, half: float, out_px: int, fill: int = 255) -> tuple[np.ndarray, float]:
         """A square of side ``2*half`` full-res px around (cx, cy), resampled to ``out_px``.

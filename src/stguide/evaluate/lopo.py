@@ -33,7 +33,7 @@ from stguide.io import fingerprint, write_json_atomic
 
 
 @dataclass
-class _Context:
+class CellContext:
     """What every cell of a run shares."""
 
     cfg: ExperimentConfig
@@ -88,7 +88,7 @@ def seed_dependent(m: Method, ccfg: ContrastiveConfig) -> bool:
     return trains(m, ccfg) or ccfg.init == "none"
 
 
-def _features(m: Method, ccfg: ContrastiveConfig, pcfg: ProbeConfig, ctx: _Context, fold: Fold, fold_dir: Path, cell: Path,
+def cell_features(m: Method, ccfg: ContrastiveConfig, pcfg: ProbeConfig, ctx: CellContext, fold: Fold, fold_dir: Path, cell: Path,
               resume: bool, names: np.ndarray) -> np.ndarray:
     """The probed features of the spots ``names``: backbone, head or both, after training when the method trains."""
     adata, store, cfg = ctx.adata, ctx.store, ctx.cfg
@@ -125,7 +125,7 @@ def cell_path(out: Path, m: Method, ccfg: ContrastiveConfig, seeds: int, seed: i
     return out / m.name / f"seed{seed}" if (m.seeds or seeds) > 1 and seed_dependent(m, ccfg) else out / m.name
 
 
-def run_cell(ctx: _Context, m: Method, fold: Fold, out: Path, seed_index: int = 0) -> dict:
+def run_cell(ctx: CellContext, m: Method, fold: Fold, out: Path, seed_index: int = 0) -> dict:
     """Fit and score one method on one fold with one seed, or reload it when cached; returns its metrics (or
     ``{"skipped": why}``).
 
@@ -175,7 +175,7 @@ def run_cell(ctx: _Context, m: Method, fold: Fold, out: Path, seed_index: int = 
     resume = start_cell(cell, key)
     scored = probe_train | test
     featured = has_patch if pcfg.centre == "patient" else scored
-    feats = _features(m, ccfg, pcfg, ctx, fold, out, cell, resume, names[featured])
+    feats = cell_features(m, ccfg, pcfg, ctx, fold, out, cell, resume, names[featured])
     patients = adata.obs["patient"].astype(str).to_numpy()
     if pcfg.centre == "patient":
         feats = _centre(feats, patients[featured])
@@ -236,7 +236,7 @@ def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_di
     out = Path(out_dir)
     folds = lopo_folds(adata, cfg.lopo.folds, cfg.exclude_labels, by=cfg.lopo.fold_by)
     umap_fold = (cfg.report.umap_fold or folds[0].held_out) if cfg.report.umap else None
-    ctx = _Context(cfg, adata, store, data_key(adata), progress, umap_fold, out / "features")
+    ctx = CellContext(cfg, adata, store, data_key(adata), progress, umap_fold, out / "features")
     methods = cfg.all_methods()
     per_seed: dict[str, dict[str, dict[int, dict]]] = {m.name: {} for m in methods}
     skipped: dict[str, str] = {}
