@@ -1,6 +1,7 @@
 """Applying a trained model without ST: bundles (export, load, checksums) and whole-slide prediction."""
 import json
 
+import anndata as ad
 import numpy as np
 import pytest
 
@@ -121,6 +122,37 @@ def test_predict_tiles_only_tissue_and_its_outputs_agree(run, tmp_path):
     assert (tmp_path / "out2" / f"map_{genes[1]}.png").is_file()
     with pytest.raises(InputError, match="not in the model's reference panel"):
         predict_slide(tmp_path / "slide.tif", bundle, tmp_path / "out3", genes=["NOPE1"], progress=False)
+
+
+def test_predict_reads_an_aperio_svs_through_openslide(run, tmp_path):
+    """The same slide as an Aperio SVS (OpenSlide reads it: µm/px from its description, its own pyramid level) gives
+    the very tiles and probabilities of the TIFF read through tifffile."""
+    import openslide
+    import tifffile
+
+    from stguide.apply.bundle import export_bundle
+    from stguide.apply.predict import predict_slide
+
+    _pyramid(tmp_path / "slide.tif")
+    with tifffile.TiffFile(tmp_path / "slide.tif") as tf:
+        levels = [lv.asarray() for lv in tf.series[0].levels]
+    h, w = levels[0].shape[:2]
+    with tifffile.TiffWriter(tmp_path / "slide.svs") as tw:
+        for i, img in enumerate(levels):
+            head = f"Aperio Image Library v12.0.0\r\n{w}x{h} [0,0 {w}x{h}] (256x256) RAW/RGB|AppMag = 20|MPP = 0.5"
+            tw.write(img, tile=(256, 256), photometric="rgb", metadata=None,
+                     description=head if i == 0 else f"Aperio Image Library v12.0.0\r\n{w}x{h} -> {img.shape[1]}x{img.shape[0]} - |")
+    with openslide.OpenSlide(str(tmp_path / "slide.svs")) as s:
+        assert s.properties["openslide.vendor"] == "aperio" and s.level_count == len(levels)
+    bundle = export_bundle(run, "guided", tmp_path / "bundle")
+    a = predict_slide(tmp_path / "slide.tif", bundle, tmp_path / "a", progress=False)
+    assert a["n_tiles"] > 10
+    b = predict_slide(tmp_path / "slide.svs", bundle, tmp_path / "b", progress=False)
+    assert b["um_per_px"] == pytest.approx(0.5) and b["um_per_px_source"] == "slide metadata"
+    ta, tb = ad.read_h5ad(tmp_path / "a" / "tiles.h5ad"), ad.read_h5ad(tmp_path / "b" / "tiles.h5ad")
+    np.testing.assert_array_equal(ta.obsm["spatial"], tb.obsm["spatial"])
+    cols = [c for c in ta.obs if c.startswith("p_")]
+    np.testing.assert_allclose(ta.obs[cols].to_numpy(), tb.obs[cols].to_numpy(), atol=1e-5)
 
 
 def test_predict_refuses_a_slide_without_a_scale_and_an_unreadable_one(run, tmp_path):
