@@ -49,6 +49,12 @@ def test_a_bundle_gives_the_runs_probabilities(run, method, tmp_path):
     patches = store.take(list(pred["obs_names"]))
     proba = b.proba(b.features(patches))
     assert b.classes == list(pred["classes"])
+    from stguide.data.model import read_dataset
+    from stguide.evaluate.cache import data_key
+
+    adata = read_dataset(run / "data" / "dataset.h5ad")
+    fp = b.manifest["trained_on"]["fingerprint"]  # the training spots' content key and the patches' key
+    assert fp == {"spots": data_key(adata[adata.obs["patient"].isin(["P1", "P3"]).to_numpy()]), "patches": store.meta["fingerprint"]}
     np.testing.assert_allclose(proba, pred["proba"], atol=2e-3)
     assert (np.array(b.classes)[proba.argmax(1)] == pred["y_pred"]).mean() > 0.97
 
@@ -196,6 +202,7 @@ def test_refit_all_trains_on_every_patient_and_is_cached(run, tmp_path):
     from stguide.cli import main
     from stguide.data.model import read_dataset
     from stguide.data.patches import PatchStore
+    from stguide.evaluate.cache import data_key
     from stguide.evaluate.metrics import classification_metrics
     from stguide.genes import load_encoder
 
@@ -204,6 +211,7 @@ def test_refit_all_trains_on_every_patient_and_is_cached(run, tmp_path):
     assert b.manifest["fold"] == "all" and b.manifest["trained_on"]["held_out"] is None
     assert b.manifest["trained_on"]["patients"] == ["P1", "P2", "P3"]
     assert "no patient was held out" in (tmp_path / "b" / "MODEL_CARD.md").read_text()
+    assert b.manifest["trained_on"]["fingerprint"]["spots"] == data_key(read_dataset(run / "data" / "dataset.h5ad"))
     audit = json.loads((run / "refit" / "guided" / "leakage_audit.json").read_text())
     assert audit["gene_encoder"]["patients"] == audit["contrastive"]["patients"] == ["P1", "P2", "P3"]
     assert sorted(load_encoder(run / "refit" / "genes" / "pca").fitted_on["patients"]) == ["P1", "P2", "P3"]

@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from stguide.apply.expression import gene_embedding, retrieve
-from stguide.apply.runcell import REFIT, TrainedCell, cell_tower, open_cell, probe_of_cell, train_patients
+from stguide.apply.runcell import REFIT, TrainedCell, cell_tower, open_cell, probe_of_cell, run_store, train_patients, training_spots
 from stguide.apply.tower import ImageTower, build_tower, embed_patches
+from stguide.data.model import read_dataset
 from stguide.errors import InputError
+from stguide.evaluate.cache import data_key
 from stguide.io import atomic_path, write_json_atomic
 
 FILES = ("image_model.safetensors", "probe.npz", "MODEL_CARD.md")
@@ -155,7 +157,9 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
         raise InputError(c.path, "holds no finished model", "refit it first: stguide export RUN --method M --refit-all")
     metrics = json.loads((c.path / "metrics.json").read_text())
     tower, transform, sd = cell_tower(c)
-    reference = _reference(c, sd, k) if tower.head is not None and c.method.gene_encoder and "gene_head.proj.weight" in sd else None
+    adata = read_dataset(c.run / "data" / "dataset.h5ad")
+    train = training_spots(c, adata)
+    reference = _reference(c, sd, train, k) if tower.head is not None and c.method.gene_encoder and "gene_head.proj.weight" in sd else None
     head = tower.head
     probe, probe_source = probe_of_cell(c.path, float(metrics["C"]), c.pcfg)
     ccfg, results, cfg = c.ccfg, c.results, c.cfg
@@ -170,7 +174,8 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
         "patch": {"size_um": cfg.patches.size_um, "out_px": cfg.patches.out_px, "stain_norm": cfg.patches.stain_norm},
         "classes": [str(x) for x in probe["classes"]], "probe": {"C": float(metrics["C"]), "source": probe_source},
         "gene_encoder": c.method.gene_encoder, "loss": c.method.loss,
-        "trained_on": {"patients": train_patients(c.path), "held_out": None if c.fold == REFIT else c.fold, "dataset": results.get("dataset", {})},
+        "trained_on": {"patients": train_patients(c.path), "held_out": None if c.fold == REFIT else c.fold, "dataset": results.get("dataset", {}),
+                       "fingerprint": {"spots": data_key(train), "patches": run_store(c, adata).meta["fingerprint"]}},
         "lopo": {"this_fold": {m: metrics[m] for m in ("bacc", "macro_f1", "acc", "kappa") if m in metrics},
                  "mean": results["methods"][method]["mean"], "sd": results["methods"][method]["sd"]},
         "reference": None if reference is None else {"n_spots": int(len(reference["embedding"])), "k": k,
@@ -191,15 +196,11 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
     return out
 
 
-def _reference(c: TrainedCell, sd: dict[str, torch.Tensor], k: int) -> dict[str, np.ndarray]:
+def _reference(c: TrainedCell, sd: dict[str, torch.Tensor], train, k: int) -> dict[str, np.ndarray]:
     """The training spots' gene-head embeddings and log-normalised expression of the fold gene encoder's genes."""
-    from stguide.data.model import read_dataset
     from stguide.genes import load_encoder
     from stguide.genes.expression import log_normalise
 
-    adata = read_dataset(c.run / "data" / "dataset.h5ad")
-    audit = json.loads((c.path / "leakage_audit.json").read_text())
-    train = adata[~adata.obs["patient"].astype(str).isin(audit["held_out"]["patients"]).to_numpy()]
     enc = load_encoder(c.fold_dir / "genes" / c.method.gene_encoder)
     expr = log_normalise(train.X)[:, train.var_names.get_indexer(enc.genes)]
     return {"embedding": gene_embedding(c, sd, train, enc).astype(np.float16), "expression": expr.astype(np.float16),

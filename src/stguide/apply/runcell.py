@@ -138,6 +138,14 @@ def cell_tower(c: TrainedCell) -> tuple[ImageTower, Any, dict[str, torch.Tensor]
     return ImageTower(prefix, trained, head, features, cached).eval(), transform, sd
 
 
+def training_spots(c: TrainedCell, adata):
+    """The spots of ``adata`` whose patients the cell trained on: all but the fold's held-out patients (all of them
+    for a refit on every patient)."""
+    audit = json.loads((c.path / "leakage_audit.json").read_text())
+    held = audit["held_out"]["patients"]
+    return adata[~adata.obs["patient"].astype(str).isin(held).to_numpy()]
+
+
 def train_patients(cell: Path) -> list[str]:
     """The patients the cell's probe was trained on (from its leakage audit)."""
     audit = json.loads((cell / "leakage_audit.json").read_text()) if (cell / "leakage_audit.json").is_file() else {}
