@@ -82,7 +82,8 @@ def image_size(path: str | PathLike) -> tuple[int, int]:
 
 @dataclass
 class Level:
-    """One resolution level of an image, in memory (``array``) or read on demand (``slide``)."""
+    """One resolution level of an image: in memory (``array``, or ``pil`` for a decoded JPEG/PNG) or read on demand
+    (``slide``, ``lazy``)."""
 
     path: Path
     scale: float  # full-resolution pixels per level pixel
@@ -93,6 +94,7 @@ class Level:
     lazy: Any = None  # a zarr array over a TIFF level (Y, X[, S]), when read on demand
     lazy_axes: str = "YXS"
     store: Any = None
+    pil: Any = None  # a decoded Pillow image (JPEG/PNG)
     chunk_cache: OrderedDict | None = None  # decoded tiles of a lazy level, least recently used first
     chunk_cache_cap: int = 0
 
@@ -100,6 +102,8 @@ class Level:
     def size(self) -> tuple[int, int]:
         if self.array is not None:
             return self.array.shape[1], self.array.shape[0]
+        if self.pil is not None:
+            return self.pil.size
         if self.lazy is not None:
             return int(self.lazy.shape[self.lazy_axes.index("X")]), int(self.lazy.shape[self.lazy_axes.index("Y")])
         w, h = self.full_size
@@ -109,6 +113,8 @@ class Level:
         """Level pixels [y0:y1, x0:x1], already clipped to the level."""
         if self.array is not None:
             return self.array[y0:y1, x0:x1]
+        if self.pil is not None:
+            return np.asarray(self.pil.crop((x0, y0, x1, y1)))
         if self.lazy is not None:
             return self._read_chunks(x0, y0, x1, y1)
         region = self.slide.read_region(
@@ -127,13 +133,14 @@ class Level:
     def _read_chunks(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """A region of a lazy level assembled from its stored tiles (or strips), each decoded once while it stays in
         a small cache: neighbouring patches share tiles, and a row-by-row walk over the slide reuses the previous
-        row's. The cache holds two rows of tiles, at most ``CHUNK_CACHE_BYTES``."""
+        row's. The cache holds one row of tiles more than a region spans (two for a region within one row), at most
+        ``CHUNK_CACHE_BYTES``."""
         ch, cw = (int(self.lazy.chunks[self.lazy_axes.index(a)]) for a in "YX")
         w, h = self.size
         if self.chunk_cache is None:
-            per_row = -(-w // cw)
             self.chunk_cache = OrderedDict()
-            self.chunk_cache_cap = max(4, min(2 * per_row + 4, CHUNK_CACHE_BYTES // (ch * cw * 3)))
+        rows = (y1 - 1) // ch - y0 // ch + 2
+        self.chunk_cache_cap = max(self.chunk_cache_cap, 4, min(rows * -(-w // cw) + 4, CHUNK_CACHE_BYTES // (ch * cw * 3)))
         cache = self.chunk_cache
         out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
         for ty in range(y0 // ch, (y1 - 1) // ch + 1):
@@ -174,6 +181,8 @@ class Level:
         return np.asarray(patch, dtype=np.uint8), float(1.0 - min(inside, 1.0))
 
     def close(self) -> None:
+        if self.pil is not None:
+            self.pil.close()
         if self.slide is not None:
             self.slide.close()
         if self.store is not None:
@@ -181,13 +190,17 @@ class Level:
 
 
 def _pillow_level(path: Path, downsample: float) -> Level:
-    im = Image.open(path)
+    """A JPEG/PNG decoded once (a JPEG at the smallest draft scale that keeps ``downsample``), kept as Pillow's own
+    image: regions are cropped from it, so the whole image is never copied into an array."""
+    im: Image.Image = Image.open(path)
     full = im.size
     if im.format == "JPEG" and downsample >= 2:
         d = max(f for f in (1, 2, 4, 8) if f <= downsample)
         im.draft("RGB", (math.ceil(full[0] / d), math.ceil(full[1] / d)))
-    arr = np.asarray(im.convert("RGB"))
-    return Level(path, full[0] / arr.shape[1], full, array=arr)
+    im.load()
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return Level(path, full[0] / im.size[0], full, pil=im)
 
 
 def _tiff_pick_level(series, downsample: float) -> tuple[tuple[int, int], int, float]:

@@ -7,6 +7,7 @@ extraction option; a re-run with the same inputs reuses the cache, any change wr
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -103,7 +104,8 @@ def extract_patches(
     """Cut every spot of every section that has an image at the same physical field of view.
 
     Each section image is opened once, at the coarsest level not coarser than the patches need (JPEG draft,
-    TIFF pyramid or streamed tiles, OpenSlide level). Spots of sections without an image get no patch; they are
+    TIFF pyramid or streamed tiles, OpenSlide level); the next section's image is decoded while the current one's
+    patches are cut, so at most two images are in memory. Spots of sections without an image get no patch; they are
     listed in ``meta["skipped_sections"]``.
 
     Returns the :class:`PatchStore`. Raises :class:`InputError` when a field of view leaves its image and
@@ -126,38 +128,52 @@ def extract_patches(
     with atomic_path(target) as tmp:
         tmp.mkdir()
         arr = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(len(rows), cfg.out_px, cfg.out_px, 3))
-        for s in track(sections, f"cutting {cfg.size_um:g} µm patches", enabled=progress):
-            info = section_info(adata, s)
-            image, um_per_px = info.imaging()
-            half_px = cfg.size_um / um_per_px / 2
-            level = open_level(image, downsample=(2 * half_px) / cfg.out_px)
-            try:
-                sel = np.flatnonzero(sec_col[rows] == s)
-                xs = adata.obs["x_px"].to_numpy(float)[rows[sel]]
-                ys = adata.obs["y_px"].to_numpy(float)[rows[sel]]
-                w, h = level.full_size
-                off = (xs < 0) | (ys < 0) | (xs >= w) | (ys >= h)
-                if off.any():
-                    raise InputError(image,
-                                     f"{int(off.sum())} spot centre(s) of section {s} lie outside the {w}×{h} px image (e.g. {names[sel][off][:3].tolist()})",
-                                     "check that positions are full-resolution pixels of this image")
-                for j, x, y in zip(sel, xs, ys, strict=True):
-                    arr[j], outside_frac[j] = level.cut(x, y, half_px, cfg.out_px)
-                bad = outside_frac[sel] > 0
-                if bad.any() and cfg.outside == "raise":
-                    raise InputError(image,
-                                     f"the {cfg.size_um:g} µm field of view of {int(bad.sum())} spot(s) of section {s} leaves the image "
-                                     f"(e.g. {names[sel][bad][:3].tolist()})",
-                                     "use outside='pad' to pad them with white (they are flagged), or a smaller size_um")
-                if cfg.stain_norm == "macenko":
-                    he, max_c = fit_macenko(np.asarray(arr[sel]))
-                    for j in sel:
-                        arr[j] = apply_macenko(np.asarray(arr[j]), he, max_c)
-                    per_section[s] = {"stain_matrix": he.tolist(), "max_conc": max_c.tolist()}
-                per_section.setdefault(s, {})["um_per_px"] = um_per_px
-                per_section[s]["read_scale"] = level.scale
-            finally:
-                level.close()
+
+        def opened(i: int):
+            """Section ``i``'s image decoded at the scale its patches need, with its µm/px."""
+            image, um = section_info(adata, sections[i]).imaging()
+            return open_level(image, downsample=cfg.size_um / um / cfg.out_px), image, um
+
+        reader = ThreadPoolExecutor(1)  # the next section's image is decoded while this one's patches are cut
+        ahead: Future | None = reader.submit(opened, 0)
+        try:
+            for i, s in enumerate(track(sections, f"cutting {cfg.size_um:g} µm patches", enabled=progress)):
+                assert ahead is not None
+                level, image, um_per_px = ahead.result()
+                ahead = reader.submit(opened, i + 1) if i + 1 < len(sections) else None
+                half_px = cfg.size_um / um_per_px / 2
+                try:
+                    sel = np.flatnonzero(sec_col[rows] == s)
+                    xs = adata.obs["x_px"].to_numpy(float)[rows[sel]]
+                    ys = adata.obs["y_px"].to_numpy(float)[rows[sel]]
+                    w, h = level.full_size
+                    off = (xs < 0) | (ys < 0) | (xs >= w) | (ys >= h)
+                    if off.any():
+                        raise InputError(image,
+                                         f"{int(off.sum())} spot centre(s) of section {s} lie outside the {w}×{h} px image "
+                                         f"(e.g. {names[sel][off][:3].tolist()})",
+                                         "check that positions are full-resolution pixels of this image")
+                    for j, x, y in zip(sel, xs, ys, strict=True):
+                        arr[j], outside_frac[j] = level.cut(x, y, half_px, cfg.out_px)
+                    bad = outside_frac[sel] > 0
+                    if bad.any() and cfg.outside == "raise":
+                        raise InputError(image,
+                                         f"the {cfg.size_um:g} µm field of view of {int(bad.sum())} spot(s) of section {s} leaves the image "
+                                         f"(e.g. {names[sel][bad][:3].tolist()})",
+                                         "use outside='pad' to pad them with white (they are flagged), or a smaller size_um")
+                    if cfg.stain_norm == "macenko":
+                        he, max_c = fit_macenko(np.asarray(arr[sel]))
+                        for j in sel:
+                            arr[j] = apply_macenko(np.asarray(arr[j]), he, max_c)
+                        per_section[s] = {"stain_matrix": he.tolist(), "max_conc": max_c.tolist()}
+                    per_section.setdefault(s, {})["um_per_px"] = um_per_px
+                    per_section[s]["read_scale"] = level.scale
+                finally:
+                    level.close()
+        finally:
+            reader.shutdown(wait=True)
+            if ahead is not None and ahead.exception() is None:  # stopped early: close the image read ahead
+                ahead.result()[0].close()
         arr.flush()
         del arr
         meta = {
