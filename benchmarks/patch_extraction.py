@@ -55,12 +55,10 @@ def dataset(name: str, realdata: str, work: Path):
 
 def _slide_dataset(slide: Path, um_per_px: float = 0.25, size: int = 40_000, pitch_um: float = 100.0):
     """Spots on a ``pitch_um`` grid over the synthetic slide's tissue (written first when absent)."""
-    import anndata as ad
-    import pandas as pd
     import scipy.sparse as sp
 
-    from stguide.data.model import SectionInfo
-    from stguide.data.synthetic_slide import _blobs, tissue_field, write_synthetic_slide
+    from stguide.data.model import SectionInfo, combine_sections, finalise, make_section
+    from stguide.data.synthetic_slide import tissue_blobs, tissue_field, write_synthetic_slide
 
     if not slide.is_file():
         slide.parent.mkdir(parents=True, exist_ok=True)
@@ -69,14 +67,12 @@ def _slide_dataset(slide: Path, um_per_px: float = 0.25, size: int = 40_000, pit
     step = pitch_um / um_per_px
     g = np.arange(step, size - step, step)
     xs, ys = np.meshgrid(g, g)
-    keep = tissue_field(xs, ys, _blobs(size, 0)) > 0.5
+    keep = tissue_field(xs, ys, tissue_blobs(size, 0)) > 0.5
     xs, ys = xs[keep], ys[keep]
-    n = len(xs)
-    obs = pd.DataFrame({"patient": "S", "section": pd.Categorical(["S1"] * n), "label": "undetermined", "x_px": xs, "y_px": ys},
-                       index=[f"spot{i}" for i in range(n)])
-    a = ad.AnnData(X=sp.csr_matrix((n, 1), dtype=np.int32), obs=obs)
-    a.uns["sections"] = {"S1": SectionInfo("S1", "S", str(slide.resolve()), um_per_px, 55.0, size, size).to_uns()}
-    return a
+    info = SectionInfo("S1", "S", str(slide.resolve()), um_per_px, 55.0, size, size)
+    a = make_section(sp.csr_matrix((len(xs), 1), dtype=np.int32), ["G"], [f"spot{i}" for i in range(len(xs))], info=info,
+                     x_px=xs, y_px=ys, file=slide)
+    return finalise(combine_sections([a]))
 
 
 def _sections(adata):

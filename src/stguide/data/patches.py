@@ -7,6 +7,7 @@ extraction option; a re-run with the same inputs reuses the cache, any change wr
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from os import PathLike
@@ -94,6 +95,20 @@ def _fingerprint(adata: ad.AnnData, cfg: PatchConfig, sections: list[str]) -> st
     )
 
 
+def _cut_all(level, sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, half_px: float, out_px: int, arr: np.ndarray,
+             outside: np.ndarray, pool: ThreadPoolExecutor) -> None:
+    """Cut the patches of spots ``sel`` (centres ``xs``, ``ys``) from an in-memory or OpenSlide level into ``arr``,
+    spread over the threads of ``pool`` (each writes its own rows)."""
+
+    def cut(part: np.ndarray) -> None:
+        for k in part:
+            arr[sel[k]], outside[sel[k]] = level.cut(xs[k], ys[k], half_px, out_px)
+
+    parts = np.array_split(np.arange(len(sel)), max(1, min(len(sel), 32)))
+    for done in [pool.submit(cut, part) for part in parts]:
+        done.result()
+
+
 def extract_patches(
     adata: ad.AnnData,
     cfg: PatchConfig = PatchConfig(),
@@ -135,6 +150,7 @@ def extract_patches(
             return open_level(image, downsample=cfg.size_um / um / cfg.out_px), image, um
 
         reader = ThreadPoolExecutor(1)  # the next section's image is decoded while this one's patches are cut
+        cutters = ThreadPoolExecutor(min(4, os.cpu_count() or 1))  # Pillow's crop and resize release the GIL
         ahead: Future | None = reader.submit(opened, 0)
         try:
             for i, s in enumerate(track(sections, f"cutting {cfg.size_um:g} µm patches", enabled=progress)):
@@ -153,8 +169,7 @@ def extract_patches(
                                          f"{int(off.sum())} spot centre(s) of section {s} lie outside the {w}×{h} px image "
                                          f"(e.g. {names[sel][off][:3].tolist()})",
                                          "check that positions are full-resolution pixels of this image")
-                    for j, x, y in zip(sel, xs, ys, strict=True):
-                        arr[j], outside_frac[j] = level.cut(x, y, half_px, cfg.out_px)
+                    _cut_all(level, sel, xs, ys, half_px, cfg.out_px, arr, outside_frac, cutters)
                     bad = outside_frac[sel] > 0
                     if bad.any() and cfg.outside == "raise":
                         raise InputError(image,
@@ -172,6 +187,7 @@ def extract_patches(
                     level.close()
         finally:
             reader.shutdown(wait=True)
+            cutters.shutdown(wait=True)
             if ahead is not None and ahead.exception() is None:  # stopped early: close the image read ahead
                 ahead.result()[0].close()
         arr.flush()

@@ -14,7 +14,7 @@ STROMA = np.array([222, 150, 190], np.float32)
 NUCLEI = np.array([110, 60, 150], np.float32)
 
 
-def _blobs(size: int, seed: int, n: int = 9) -> np.ndarray:
+def tissue_blobs(size: int, seed: int, n: int = 9) -> np.ndarray:
     """(n, 4): centre x, centre y, radius (full-resolution px) and weight of the tissue field's blobs."""
     rng = np.random.default_rng(seed)
     return np.column_stack([rng.uniform(0.15, 0.85, (n, 2)) * size, rng.uniform(0.08, 0.16, n) * size, rng.uniform(0.8, 1.2, n)])
@@ -53,7 +53,7 @@ def write_synthetic_slide(path: str | PathLike, size: int = 40_000, um_per_px: f
     import tifffile
 
     path = Path(path)
-    blobs = _blobs(size, seed)
+    blobs = tissue_blobs(size, seed)
     res = (1e4 / um_per_px, 1e4 / um_per_px)
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         for k in range(levels):
