@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from stguide.evaluate.audit import BIO_METRICS, audit
+from stguide.evaluate.config import merge
 from stguide.genes import GeneConfig, get_encoder
 from stguide.io import fingerprint, write_json_atomic
 
@@ -58,20 +59,13 @@ SETTINGS: dict[str, tuple[str, str, dict[str, Any], str]] = {
 SCVI_FACTORS = ("steps", "n_layers", "n_latent", "dispersion", "likelihood", "batch")
 
 
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def label_score(row: dict[str, float]) -> float:
     return float(np.mean([row[m] for m in BIO_METRICS if m in row]))
 
 
 def fit_and_audit(adata, name: str, encoder: str, changes: dict[str, Any], batch_key: str, out: Path) -> dict[str, Any]:
     """Fit one setting on every spot, audit its latent; cached in ``out/<name>/``."""
-    cfg = GeneConfig.from_dict(_merge(BASE, changes))
+    cfg = GeneConfig.from_dict(merge(BASE, changes))
     enc = get_encoder(encoder, cfg)
     folder = out / name.replace("/", "__")
     key = fingerprint(enc.settings(), batch_key, adata.n_obs, adata.n_vars, "v1")
@@ -110,7 +104,7 @@ def combined(records: dict[str, dict]) -> tuple[dict[str, Any], str]:
         levels = [n for n in order if SETTINGS.get(n, ("", ""))[1] == factor]
         if levels and order.index(levels[0]) < default_rank:
             _, _, ch, bk = SETTINGS[levels[0]]
-            changes = _merge(changes, ch)
+            changes = merge(changes, ch)
             batch_key = bk if factor == "batch" else batch_key
     return changes, batch_key
 
@@ -158,7 +152,7 @@ def main() -> None:
 
         for name in ["pca", *order[: args.lopo]]:
             r = records[name]
-            cfg = GeneConfig.from_dict(_merge(BASE, r["changes"]))
+            cfg = GeneConfig.from_dict(merge(BASE, r["changes"]))
             res = run_gene_lopo(adata, [r["encoder"]], out / "lopo" / name.replace("/", "__"), cfg,
                                 batch_key=r["batch_key"], command="python benchmarks/genes_sweep.py", progress=True)
             m = res["methods"][r["encoder"]]

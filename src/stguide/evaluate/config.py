@@ -213,7 +213,7 @@ class ExperimentConfig:
 def load_config(path: str | PathLike, changes: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read and validate an experiment YAML (with ``changes``, a mapping of the same shape, on top); unknown keys,
     wrong types and unknown names are errors naming the file and the key."""
-    doc = _merge(load_yaml(path), changes or {})
+    doc = merge(load_yaml(path), changes or {})
     try:
         return build_dataclass(ExperimentConfig, doc, "config:")
     except InputError as e:
@@ -235,8 +235,9 @@ def with_seed(seed: int) -> dict[str, Any]:
     return {"data": {"options": {"seed": seed}}, "genes": {"seed": seed}, "contrastive": {"seed": seed}}
 
 
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied, nested sections merged key by key (a new dict; neither input changes)."""
     out = dict(base)
     for k, v in changes.items():
-        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) and isinstance(out.get(k, {}), dict) else v
+        out[k] = merge(out.get(k) or {}, v) if isinstance(v, dict) and isinstance(out.get(k, {}), dict) else v
     return out

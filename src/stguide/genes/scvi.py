@@ -164,6 +164,10 @@ class SCVIEncoder(GeneEncoder):
         """The latent of one unseen patient's spots (``scvi.query``)."""
         if self.config.scvi.query == "scarches":
             return self._scarches(adata, batch)
+        return self._mean_over_batches(adata)
+
+    def _mean_over_batches(self, adata: ad.AnnData) -> np.ndarray:
+        """The latent of spots from an unseen patient, encoded as each training patient in turn and averaged."""
         return np.mean([self._latent(self._query(adata, b)) for b in self.batches], axis=0)
 
     def _scarches(self, adata: ad.AnnData, batch: str) -> np.ndarray:
@@ -348,4 +352,4 @@ class SysVIEncoder(SCVIEncoder):
 
     def _unseen(self, adata: ad.AnnData, batch: str) -> np.ndarray:
         """SysVI has no query mapping here: an unseen patient is encoded under every training patient, averaged."""
-        return np.mean([self._latent(self._query(adata, b)) for b in self.batches], axis=0)
+        return self._mean_over_batches(adata)
