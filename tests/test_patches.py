@@ -92,3 +92,31 @@ def test_a_damaged_patch_cache_is_rebuilt_never_read(tmp_path):
     with pytest.warns(DataWarning, match="patches.npy"):
         s2 = extract_patches(a, PatchConfig(160, 32), tmp_path / "c", progress=False)
     assert s2.path == s1.path and np.array_equal(s2.take(s2.obs_names), first)
+
+
+def test_a_sharded_store_holds_the_same_patches_and_trains_the_same_model(tmp_path):
+    """``shards: section`` writes one file per section and reads them lazily; its patches, and a model trained from
+    it, are those of the one-file store (a different cache, so the two never mix)."""
+    import torch
+
+    from stguide.contrastive.config import ContrastiveConfig
+    from stguide.contrastive.train import train_contrastive
+    from stguide.data import make_synthetic
+
+    a = make_synthetic(3, 2, 24, seed=0, image_dir=str(tmp_path / "img"))
+    one = extract_patches(a, PatchConfig(size_um=100, out_px=32), tmp_path / "c", progress=False)
+    sharded = extract_patches(a, PatchConfig(size_um=100, out_px=32, shards="section"), tmp_path / "c", progress=False)
+    assert sharded.path != one.path and sorted(p.name for p in sharded.path.glob("patches-*.npy")) == [
+        f"patches-{k:05d}.npy" for k in range(6)]
+    assert not (sharded.path / "patches.npy").exists()
+    names = list(np.random.default_rng(0).permutation(one.obs_names))
+    np.testing.assert_array_equal(sharded.take(names), one.take(names))
+    np.testing.assert_array_equal(sharded[len(sharded) - 1], one.take([sharded.obs_names[-1]])[0])
+    reopened = PatchStore(sharded.path)  # shards open only when read
+    assert all(s is None for s in reopened.images._shards)
+    z = np.random.default_rng(1).normal(size=(len(names), 4)).astype(np.float32)
+    cfg = ContrastiveConfig(backbone="resnet10t", init="none", epochs=1, batch_size=16, embed_dim=8)
+    m1, _ = train_contrastive(cfg, one, names, z, None, tmp_path / "t1", progress=False)
+    m2, _ = train_contrastive(cfg, reopened, names, z, None, tmp_path / "t2", progress=False)
+    for (k, v), w in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        torch.testing.assert_close(v, w, msg=k)

@@ -35,7 +35,9 @@ class PatchConfig(FromDict):
     ``size_um``: side of the square field of view in µm (default 200, the HER2ST grid pitch, so neighbouring
     patches touch without overlap; a free choice, since the paper's is unpublished). ``out_px``: side in pixels
     after resampling. ``outside``: ``pad`` (fill with white and record the outside fraction) or ``raise`` when a
-    field of view leaves the image. ``stain_norm``: ``None`` or ``"macenko"`` (fitted per section).
+    field of view leaves the image. ``stain_norm``: ``None`` or ``"macenko"`` (fitted per section). ``shards``: how
+    the cache is stored: ``one`` file, or one file per ``section`` (``patches-00000.npy``, …; each can live on another
+    disk through a symbolic link, and each is memory-mapped only when read), for datasets too large for one file.
     """
 
     section: ClassVar[str] = "patches"
@@ -44,6 +46,7 @@ class PatchConfig(FromDict):
     out_px: int = 224
     outside: Literal["pad", "raise"] = "pad"
     stain_norm: Literal["macenko"] | None = None
+    shards: Literal["one", "section"] = "one"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size_um", float(self.size_um))  # 200 and 200.0 are one setting (and one cache)
@@ -53,6 +56,50 @@ class PatchConfig(FromDict):
             raise ConfigError("out_px", f"patches of {self.out_px} px are too small", "use out_px of at least 8")
 
 
+class ShardedArray:
+    """Row-sharded patches: shard ``k`` holds rows ``offsets[k]:offsets[k+1]``; indexed like one array by a row or
+    an array of rows (reads), or written one row at a time. Each shard is opened only when first touched."""
+
+    def __init__(self, opener, sizes: list[int], row_shape: tuple[int, ...], dtype=np.uint8) -> None:
+        self._open, self.row_shape, self.dtype = opener, tuple(row_shape), np.dtype(dtype)
+        self._shards: list[np.ndarray | None] = [None] * len(sizes)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def shard(self, k: int) -> np.ndarray:
+        a = self._shards[k]
+        if a is None:
+            a = self._shards[k] = self._open(k)
+        return a
+
+    def _where(self, i):
+        k = np.searchsorted(self.offsets, i, side="right") - 1
+        return k, i - self.offsets[k]
+
+    def __getitem__(self, i):
+        if np.ndim(i) == 0:
+            k, j = self._where(int(i))
+            return self.shard(int(k))[j]
+        rows = np.asarray(i, dtype=np.int64)
+        ks, js = self._where(rows)
+        out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
+        for k in np.unique(ks):
+            m = ks == k
+            out[m] = self.shard(int(k))[js[m]]
+        return out
+
+    def __setitem__(self, i: int | np.integer, value) -> None:
+        k, j = self._where(int(i))
+        self.shard(int(k))[j] = value
+
+    def flush(self) -> None:
+        for a in self._shards:
+            if a is not None and hasattr(a, "flush"):
+                a.flush()
+
+
 class PatchStore:
     """Read-only access to a patch cache: ``store[i]`` or ``store.take(obs_names)``; memory-mapped."""
 
@@ -60,7 +107,14 @@ class PatchStore:
         self.path = Path(path)
         self.meta = read_cache_meta(self.path)
         self.obs_names = list(self.meta["obs_names"])
-        self.images = open_cached_array(self.path / "patches.npy", (len(self.obs_names), self.meta["out_px"], self.meta["out_px"], 3), "uint8")
+        px = self.meta["out_px"]
+        shards = self.meta.get("shard_sizes")
+        self.images: np.ndarray | ShardedArray
+        if shards:
+            self.images = ShardedArray(lambda k: open_cached_array(self.path / shard_file(k), (shards[k], px, px, 3), "uint8"),
+                                       shards, (px, px, 3))
+        else:
+            self.images = open_cached_array(self.path / "patches.npy", (len(self.obs_names), px, px, 3), "uint8")
         self._index = {n: i for i, n in enumerate(self.obs_names)}
         self.outside = np.asarray(self.meta["outside_fraction"], dtype=float)
 
@@ -82,12 +136,20 @@ class PatchStore:
         return np.asarray(self.images[self.indices(obs_names)])
 
 
+def shard_file(k: int) -> str:
+    """The file of shard ``k`` of a sharded patch cache."""
+    return f"patches-{k:05d}.npy"
+
+
 def _fingerprint(adata: ad.AnnData, cfg: PatchConfig, sections: list[str]) -> str:
     infos = {s: section_info(adata, s) for s in sections}
     obs = adata.obs
+    settings = asdict(cfg)
+    if cfg.shards == "one":
+        settings.pop("shards")  # the key of an unsharded cache is the one it had before sharding existed
     return fingerprint(
         CACHE_VERSION,
-        asdict(cfg),
+        settings,
         list(map(str, adata.obs_names)),
         obs["x_px"].to_numpy(float),
         obs["y_px"].to_numpy(float),
@@ -95,7 +157,7 @@ def _fingerprint(adata: ad.AnnData, cfg: PatchConfig, sections: list[str]) -> st
     )
 
 
-def _cut_all(level, sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, half_px: float, out_px: int, arr: np.ndarray,
+def _cut_all(level, sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, half_px: float, out_px: int, arr: np.ndarray | ShardedArray,
              outside: np.ndarray, pool: ThreadPoolExecutor) -> None:
     """Cut the patches of spots ``sel`` (centres ``xs``, ``ys``) from an in-memory or OpenSlide level into ``arr``,
     spread over the threads of ``pool`` (each writes its own rows)."""
@@ -134,7 +196,10 @@ def extract_patches(
     if cached is not None:
         return cached
     sec_col = adata.obs["section"].astype(str).to_numpy()
-    rows = np.flatnonzero(np.isin(sec_col, sections))
+    if cfg.shards == "section":  # rows grouped by section, so that each shard holds a run of rows
+        rows = np.concatenate([np.flatnonzero(sec_col == s) for s in sections])
+    else:
+        rows = np.flatnonzero(np.isin(sec_col, sections))
     if len(rows) == 0:
         raise InputError(adata.uns.get("source", {}).get("root", "<dataset>"), "no section has an image", "give at least one section an H&E image")
     names = adata.obs_names[rows]
@@ -142,7 +207,17 @@ def extract_patches(
     per_section = {}
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        arr = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(len(rows), cfg.out_px, cfg.out_px, 3))
+        arr: np.ndarray | ShardedArray
+        shape = (cfg.out_px, cfg.out_px, 3)
+        sizes = [int((sec_col[rows] == s).sum()) for s in sections]
+        if cfg.shards == "section":
+            arr = ShardedArray(lambda k: np.lib.format.open_memmap(tmp / shard_file(k), mode="w+", dtype=np.uint8,
+                                                                   shape=(sizes[k], *shape)), sizes, shape)
+            for k in range(len(sizes)):
+                if sizes[k]:
+                    arr.shard(k)  # opened before the cutting threads write to them
+        else:
+            arr = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(len(rows), *shape))
 
         def opened(i: int):
             """Section ``i``'s image decoded at the scale its patches need, with its µm/px."""
@@ -196,6 +271,7 @@ def extract_patches(
             "fingerprint": fp, "version": CACHE_VERSION, **asdict(cfg), "obs_names": list(map(str, names)),
             "outside_fraction": outside_frac.tolist(), "n_padded": int((outside_frac > 0).sum()),
             "sections": per_section, "skipped_sections": skipped,
+            **({"shard_sizes": sizes, "shard_sections": sections} if cfg.shards == "section" else {}),
         }
         write_json_atomic(tmp / "meta.json", meta)
     return PatchStore(target)
