@@ -15,6 +15,7 @@ contrastive: {backbone: resnet10t, init: none, trunk: frozen, views: 2, epochs: 
 probe: {features: head}
 methods:
   - {name: trunk, probe: {features: backbone}}
+  - {name: centred, probe: {features: backbone, centre: patient}}
   - {name: guided, gene_encoder: pca, loss: clip}
 ablation: false
 report: {umap: false, image_audit: false, target_audit: false}
@@ -71,6 +72,12 @@ def test_a_damaged_bundle_is_refused(run, tmp_path):
         load_bundle(out)
     with pytest.raises(InputError, match="no method 'guidedd'"):
         export_bundle(run, "guidedd", tmp_path / "c")
+    from stguide.apply.refit import refit_all
+
+    for make in (lambda: export_bundle(run, "centred", tmp_path / "d"), lambda: refit_all(run, "centred", progress=False)):
+        with pytest.raises(InputError, match="centred features"):
+            make()
+    assert not (run / "refit" / "centred").exists()  # refused before anything was fitted
 
 
 def _pyramid(path, um_per_px=0.5, size=1536, seed=0):

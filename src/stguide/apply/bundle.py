@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from stguide.apply.expression import gene_embedding, retrieve
-from stguide.apply.runcell import REFIT, TrainedCell, cell_tower, open_cell, probe_of_cell, run_store, train_patients, training_spots
+from stguide.apply.runcell import REFIT, TrainedCell, cell_tower, check_exportable, open_cell, probe_of_cell, run_store, train_patients, training_spots
 from stguide.apply.tower import ImageTower, build_tower, embed_patches
 from stguide.data.model import read_dataset
 from stguide.errors import InputError
@@ -150,9 +150,7 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
     from stguide import __version__
 
     c = open_cell(run_dir, method, fold, seed)
-    if c.pcfg.centre != "none":
-        raise InputError(f"config:methods.{method}.probe.centre", "a probe on per-patient centred features needs the "
-                         "patient's own mean, which a new slide does not define", "export a method probed without centring")
+    check_exportable(c)
     if not (c.path / "metrics.json").is_file():
         raise InputError(c.path, "holds no finished model", "refit it first: stguide export RUN --method M --refit-all")
     metrics = json.loads((c.path / "metrics.json").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stguide.apply.runcell import REFIT, REFIT_DIR, open_cell, run_store
+from stguide.apply.runcell import REFIT, REFIT_DIR, check_exportable, open_cell, run_store
 from stguide.data.folds import Fold
 from stguide.data.model import labelled_mask, read_dataset
 from stguide.errors import InputError
@@ -25,6 +25,7 @@ def refit_all(run_dir: str | PathLike, method: str, seed: int = 0, progress: boo
     (``refit/<method>/[seed<k>/]``). Cached like a LOPO cell: a second call with the same run reloads it."""
     c = open_cell(run_dir, method, seed=seed)
     run, cfg, m, ccfg, pcfg = c.run, c.cfg, c.method, c.ccfg, c.pcfg
+    check_exportable(c)  # before anything trains
     adata = read_dataset(run / "data" / "dataset.h5ad")
     store = run_store(c, adata)
     names = np.asarray(adata.obs_names)

@@ -97,6 +97,13 @@ def open_cell(run_dir: str | PathLike, method: str, fold: str | None = None, see
                        cell_path(fold_dir, m, ccfg, cfg.lopo.seeds, ccfg.seed), fold_dir)
 
 
+def check_exportable(c: TrainedCell) -> None:
+    """Refuse a method whose probe reads per-patient centred features: a new slide defines no patient mean."""
+    if c.pcfg.centre != "none":
+        raise InputError(f"config:methods.{c.method.name}.probe.centre", "a probe on per-patient centred features needs "
+                         "the patient's own mean, which a new slide does not define", "export a method probed without centring")
+
+
 def run_store(c: TrainedCell, adata):
     """The run's patch store (``patches/patches-<key>/``), found by the run's own patch settings and data."""
     from stguide.data.patches import extract_patches
