@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stguide.io import write_json_atomic
+
 SLIDE = "runs/bench/predict/slide-40000-0.25.tif"  # shared with benchmarks/predict_slide.py
 
 
@@ -191,9 +193,7 @@ def main() -> None:
         print(f"{ds}: {r['patches']} patches; ours {best['ours']:.1f} s = {r['ours_over_floor']:.2f}x the floor "
               f"({best['floor']:.1f} s), BLEEP-style {best['bleep']:.1f} s; peak RSS ours {peak['ours']:.2f} GiB, "
               f"floor {peak['floor']:.2f}, BLEEP-style {peak['bleep']:.2f}", flush=True)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rec, indent=2) + "\n")
+    write_json_atomic(Path(args.results) / "results.json", rec)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stguide.io import write_json_atomic
+
 
 def floor_tiles_per_s(model: Path, n: int, batch: int) -> float:
     """The bundle's tower forward on ``n`` in-memory normalised tiles, ``batch`` at a time (tiles per second)."""
@@ -111,9 +113,7 @@ def main() -> None:
         "ratio_loop": round(loop / floor, 3), "ratio_end_to_end": round(n / wall / floor, 3),
         "peak_rss_gib": round(peak / 2**30, 3),
     }
-    res = Path(args.results)
-    res.mkdir(parents=True, exist_ok=True)
-    (res / "results.json").write_text(json.dumps(rec, indent=2) + "\n")
+    write_json_atomic(Path(args.results) / "results.json", rec)
     print(json.dumps(rec, indent=2))
     print(f"predict/floor: {rec['ratio_loop']:.2f}x (tile loop), {rec['ratio_end_to_end']:.2f}x (end to end); "
           f"peak RSS {rec['peak_rss_gib']:.2f} GiB on a {args.size:,} px slide")

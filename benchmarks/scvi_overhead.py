@@ -14,7 +14,6 @@ Usage: python benchmarks/scvi_overhead.py [--data runs/genes-sweep/her2st.h5ad] 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -23,6 +22,8 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+
+from stguide.io import write_json_atomic
 
 
 def _data(path: str | None):
@@ -95,9 +96,7 @@ def main() -> None:
            "date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "data": source,
            "spots": adata.n_obs, "genes": adata.n_vars, "epochs": args.epochs, "seconds": times,
            "latent_max_abs_difference": diff, "ratio_ours_over_bare": round(ratio, 3)}
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rec, indent=2) + "\n")
+    write_json_atomic(Path(args.results) / "results.json", rec)
     print(f"ours / bare: {ratio:.3f} (medians of {args.reps}); the two latents differ by at most {diff:.2e}")
 
 

@@ -11,7 +11,6 @@ Usage: python benchmarks/stage2_throughput.py [--patches runs/stage2-cached-2/pa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from stguide.io import write_json_atomic
 
 
 def _store(patches: str, work: Path):
@@ -101,9 +102,7 @@ def main() -> None:
            "store": str(store.path), "backbone": args.backbone, "px": int(store.meta["out_px"]), "spots": len(names),
            "batch_size": args.batch_size, "num_workers": args.num_workers, "augment": cfg.augment, "seconds": times,
            "spots_per_s": {k: round(len(names) / v, 2) for k, v in best.items()}, "ratio": round(best["bare"] / best["ours"], 3)}
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rec, indent=2) + "\n")
+    write_json_atomic(Path(args.results) / "results.json", rec)
     print(f"end to end / bare: {rec['ratio']:.2f}x ({rec['spots_per_s']['ours']} vs {rec['spots_per_s']['bare']} spots/s)")
 
 
