@@ -53,6 +53,11 @@ def test_tiny_experiment_writes_results_report_and_audits(tiny):
         assert (run / "figures" / fig).is_file() and f"figures/{fig}" in md and f"figures/{fig}" in html
     assert list((run / "figures").glob("spots_*.png")) and "Batch audit of the image embeddings" in md
     assert "<table>" in html and "leakage_audit.json" in md
+    # where the time went: every part that ran is there, and the parts add up to the run's wall-clock time
+    t = res["timings"]
+    assert {"read", "patches", "gene encoders", "stage 2", "trunk features", "probes", "image audit", "report", "other"} <= set(t)
+    assert all(v >= 0 for v in t.values()) and abs(sum(t.values()) - res["runtime_s"]) <= 0.1 * len(t) + 1
+    assert t["stage 2"] > 0 and t["gene encoders"] > 0 and "Where the time went" in md
 
 
 def test_resumed_run_gives_the_same_results_and_reuses_cells(tiny):

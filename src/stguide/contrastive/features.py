@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stguide import timing
 from stguide.contrastive.augment import Augment
 from stguide.contrastive.encoders import build_image_encoder
 from stguide.contrastive.trunk import split_trunk
@@ -67,6 +68,7 @@ def view_of(store: PatchStore, row: int, view: int, view_seed: int) -> np.ndarra
     return img if view == 0 else VIEW_AUGMENT(img, np.random.default_rng([view_seed, view, row]))
 
 
+@timing.part("trunk features")
 def feature_cache(store: PatchStore, backbone: str, init: str, cache_dir: str | PathLike, *, blocks: int = 0,
                   views: int = 8, view_seed: int = 0, batch_size: int = 64, progress: bool = True) -> FeatureCache:
     """The cached output of the trunk's frozen prefix (``blocks = 0``: the whole trunk, pooled) for every patch of

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anndata as ad
 
+from stguide import timing
 from stguide.contrastive.config import ContrastiveConfig
 from stguide.data.model import write_dataset
 from stguide.data.patches import extract_patches
@@ -94,14 +95,22 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | PathLike, progress: boo
     ``folds/<fold>/<method>/`` (one cell each), ``results.json``, ``report.md``, ``report.html`` and ``figures/``.
     """
     out = Path(out_dir)
-    t0 = time.time()
-    adata = load_data(cfg.data, out)
-    write_dataset(adata, out / "data" / "dataset.h5ad")
-    store = extract_patches(adata, cfg.patches, out / "patches", progress=progress)
-    save_spot_map_data(adata, out, cfg.report.thumbnail_px)
-    results = run_lopo(cfg, adata, store, out, progress)
-    results.update(kind="experiment", command=command, config=asdict(cfg), ablation=cfg.ablation_rows(),
-                   methods_paragraph=methods_paragraph(cfg, results), runtime_s=round(time.time() - t0, 1))
-    write_json_atomic(out / "results.json", results)
-    write_report(out)
+    t0 = time.perf_counter()
+    with timing.recording() as seconds:
+        with timing.part("read"):
+            adata = load_data(cfg.data, out)
+            write_dataset(adata, out / "data" / "dataset.h5ad")
+        with timing.part("patches"):
+            store = extract_patches(adata, cfg.patches, out / "patches", progress=progress)
+        with timing.part("report"):
+            save_spot_map_data(adata, out, cfg.report.thumbnail_px)
+        results = run_lopo(cfg, adata, store, out, progress)
+        results.update(kind="experiment", command=command, config=asdict(cfg), ablation=cfg.ablation_rows(),
+                       methods_paragraph=methods_paragraph(cfg, results))
+        for final in (False, True):  # the report shows the parts before it; results.json then adds the report's seconds
+            results.update(runtime_s=round(time.perf_counter() - t0, 1), timings=timing.rounded(seconds, time.perf_counter() - t0))
+            write_json_atomic(out / "results.json", results)
+            if not final:
+                with timing.part("report"):
+                    write_report(out)
     return results

@@ -12,6 +12,7 @@ import anndata as ad
 import numpy as np
 import torch
 
+from stguide import timing
 from stguide.contrastive.api import OBSM_BACKBONE, OBSM_HEAD, fit_image_encoder
 from stguide.contrastive.config import ContrastiveConfig
 from stguide.contrastive.encoders import build_image_encoder, effnet_lite0_available
@@ -56,17 +57,19 @@ def fold_gene_encoder(cfg: ExperimentConfig, adata: ad.AnnData, fold: Fold, name
     key = fingerprint(enc.settings(), list(cfg.exclude_labels), dkey or data_key(adata), fingerprint(fold.train))
     if memo is not None and (name, key) in memo:
         return memo[(name, key)]
-    if key_matches(folder, key, done=None):
-        enc = load_encoder(folder)
-    else:
-        enc.fit(adata[fold.train], batch_key="patient", labels_key="label", exclude_labels=cfg.exclude_labels, progress=progress)
-        enc.save(folder)
-        (folder / "key.txt").write_text(key)
+    with timing.part("gene encoders"):
+        if key_matches(folder, key, done=None):
+            enc = load_encoder(folder)
+        else:
+            enc.fit(adata[fold.train], batch_key="patient", labels_key="label", exclude_labels=cfg.exclude_labels, progress=progress)
+            enc.save(folder)
+            (folder / "key.txt").write_text(key)
     if cfg.report.target_audit and not (folder / "target_audit.json").is_file():
-        train = adata[fold.train]
-        labels = train.obs["label"].astype(object).where(labelled_mask(train, cfg.exclude_labels), None).to_numpy()
-        row = scib_audit({"target": enc.transform(train)}, train.obs["patient"].astype(str).to_numpy(), labels).iloc[0]
-        write_json_atomic(folder / "target_audit.json", {c: float(v) for c, v in row.items()})
+        with timing.part("gene-target audit"):
+            train = adata[fold.train]
+            labels = train.obs["label"].astype(object).where(labelled_mask(train, cfg.exclude_labels), None).to_numpy()
+            row = scib_audit({"target": enc.transform(train)}, train.obs["patient"].astype(str).to_numpy(), labels).iloc[0]
+            write_json_atomic(folder / "target_audit.json", {c: float(v) for c, v in row.items()})
     if memo is not None:
         memo[(name, key)] = enc
     return enc
@@ -97,13 +100,15 @@ def cell_features(m: Method, ccfg: ContrastiveConfig, pcfg: ProbeConfig, ctx: Ce
             cache = feature_cache(store, ccfg.backbone, ccfg.init, ctx.features_dir, views=ccfg.views, view_seed=ccfg.view_seed,
                                   progress=ctx.progress)
             return np.asarray(cache.features[0, cache.rows(list(names))], dtype=np.float32)
-        torch.manual_seed(ccfg.seed)  # a random init must not depend on what ran before
-        backbone, transform = build_image_encoder(ccfg.backbone, ccfg.init, img_size=int(store.meta["out_px"]))
-        return extract_features(backbone, transform, store, list(names))
+        with timing.part("trunk features"):
+            torch.manual_seed(ccfg.seed)  # a random init must not depend on what ran before
+            backbone, transform = build_image_encoder(ccfg.backbone, ccfg.init, img_size=int(store.meta["out_px"]))
+            return extract_features(backbone, transform, store, list(names))
     enc = fold_gene_encoder(cfg, adata, fold, m.gene_encoder, fold_dir / "genes" / m.gene_encoder, ctx.progress, ctx.encoders,
                             ctx.data_key) if m.gene_encoder else None
-    _, _, emb = fit_image_encoder(ccfg, adata, store, enc, cell, train_mask=fold.train, exclude_labels=cfg.exclude_labels,
-                                  resume=resume, progress=ctx.progress, features_dir=ctx.features_dir)
+    with timing.part("stage 2"):
+        _, _, emb = fit_image_encoder(ccfg, adata, store, enc, cell, train_mask=fold.train, exclude_labels=cfg.exclude_labels,
+                                      resume=resume, progress=ctx.progress, features_dir=ctx.features_dir)
     take = emb.obs_names.get_indexer(names)
     backbone, head = emb.obsm[OBSM_BACKBONE][take], emb.obsm[OBSM_HEAD][take]
     if pcfg.features == "both":
@@ -184,7 +189,8 @@ def run_cell(ctx: CellContext, m: Method, fold: Fold, out: Path, seed_index: int
     labels = adata.obs["label"].astype(str).to_numpy()
     pos = {n: i for i, n in enumerate(names[scored])}
     xtr, xte = feats[[pos[n] for n in names[probe_train]]], feats[[pos[n] for n in names[test]]]
-    scored_probe = fit_and_score(xtr, labels[probe_train], patients[probe_train], xte, labels[test], pcfg)
+    with timing.part("probes"):
+        scored_probe = fit_and_score(xtr, labels[probe_train], patients[probe_train], xte, labels[test], pcfg)
     metrics, pred = scored_probe.metrics, scored_probe.pred
     save_npz(cell / "predictions.npz", obs_names=names[test], y_true=labels[test], y_pred=pred, proba=scored_probe.proba,
              classes=scored_probe.linear["classes"])
@@ -199,7 +205,8 @@ def run_cell(ctx: CellContext, m: Method, fold: Fold, out: Path, seed_index: int
 
 def _describe(cell: Path, audit_on: bool, umap: bool, seed: int) -> None:
     if audit_on or umap:
-        describe_features(cell, audit_on=audit_on, umap=umap, seed=seed)
+        with timing.part("image audit"):
+            describe_features(cell, audit_on=audit_on, umap=umap, seed=seed)
 
 
 def _over_seeds(runs: dict[int, dict]) -> dict:

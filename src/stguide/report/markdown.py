@@ -122,6 +122,13 @@ def _figures(figs: dict, kind: str, heading: str) -> list[str]:
     return [f"### {heading}", ""] + [f"![{heading}]({p})" for p in paths] + [""] if paths else []
 
 
+def timings_table(timings: dict[str, float]) -> str:
+    """Seconds and share of each part of a run."""
+    total = sum(timings.values()) or 1.0
+    return "| part | seconds | share |\n|---|---|---|\n" + "".join(
+        f"| {k} | {v:.1f} | {100 * v / total:.0f} % |\n" for k, v in timings.items())
+
+
 def render_markdown(results: dict, title: str = "stguide report", figures: dict | None = None,
                     image_audit: str | None = None, target_audit: str | None = None) -> str:
     d = results.get("dataset", {})
@@ -202,6 +209,10 @@ def render_markdown(results: dict, title: str = "stguide report", figures: dict 
         lines += _figures(figs, "training", "Training curves")
     if results.get("methods_paragraph"):
         lines += ["## Methods", results["methods_paragraph"], ""]
+    if results.get("timings"):
+        lines += ["## Where the time went", f"Wall-clock seconds of this invocation per part ({results.get('runtime_s', '?')} s in "
+                  "all; a part reloaded from the run's cache costs almost nothing, so a resumed run shows only what it redid).", "",
+                  timings_table(results["timings"])]
     notes = [(n, f, m["missing_classes"]) for n, mm in results["methods"].items() for f, m in mm["folds"].items() if m.get("missing_classes")]
     if notes:
         lines += ["## Classes absent from a held-out patient", "Balanced accuracy and macro-F1 average over the classes present.", ""]
