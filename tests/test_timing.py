@@ -1,4 +1,5 @@
-"""stguide.timing: seconds per part, nested parts counted once (exclusively), parts that add up to the whole."""
+"""stguide.timing (seconds per part, nested parts counted once, parts that add up to the whole) and the caches that
+make a fresh process fast (the audit's JAX compilations)."""
 import time
 
 from stguide import timing
@@ -34,3 +35,30 @@ def test_parts_outside_a_recording_are_not_kept():
     with timing.recording() as seconds:
         pass
     assert seconds == {}
+
+
+def test_current_names_the_innermost_open_part():
+    assert timing.current() is None
+    with timing.part("a"):
+        with timing.part("b"):
+            assert timing.current() == "b"
+        assert timing.current() == "a"
+    assert timing.current() is None
+
+
+def test_the_audit_keeps_its_jax_compilations_for_the_next_process(tmp_path):
+    """A fresh process compiles scib-metrics' JAX code once into stguide's user cache; a user's own JAX cache wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from stguide.evaluate.audit import audit; r = np.random.default_rng(0); "
+            "audit({'x': r.normal(size=(80, 4))}, np.repeat(['a', 'b'], 40), np.tile(['u', 'v'], 40).astype(object))")
+    env = {**os.environ, "STGUIDE_CACHE_DIR": str(tmp_path / "stg"), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    assert any((tmp_path / "stg" / "jax").iterdir())
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "own")
+    env["STGUIDE_CACHE_DIR"] = str(tmp_path / "stg2")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    assert not (tmp_path / "stg2").exists()

@@ -148,3 +148,10 @@ def reuse_cache(folder: Path, opener: Callable[[Path], T], what: str) -> T | Non
     except InputError as e:
         warn_data(e.file, f"{e.problem}; the {what} is rebuilt")
         return None
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """stguide's per-user cache (``$STGUIDE_CACHE_DIR``, else ``$XDG_CACHE_HOME/stguide``, else ``~/.cache/stguide``),
+    for what is the same across runs (e.g. compiled code); a run's own artefacts stay in its folder."""
+    root = os.environ.get("STGUIDE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "stguide"
+    return Path(root, *parts)

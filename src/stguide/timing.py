@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 _totals: list[dict[str, float]] = []  # the active recordings (innermost last)
 _stack: list[list[float]] = []  # per open part: [start, seconds of its nested parts]
+_names: list[str] = []  # the open parts' names (innermost last)
 
 
 @contextmanager
@@ -32,15 +33,25 @@ def part(name: str) -> Iterator[None]:
     """Time the block as part ``name`` (added to every active recording), excluding its nested parts."""
     frame = [time.perf_counter(), 0.0]
     _stack.append(frame)
+    _names.append(name)
     try:
         yield
     finally:
         _stack.pop()
+        _names.pop()
         spent = time.perf_counter() - frame[0]
         if _stack:
             _stack[-1][1] += spent
         for totals in _totals:
             totals[name] = totals.get(name, 0.0) + spent - frame[1]
+
+
+def current() -> str | None:
+    """The innermost open part (None outside every part); a sampler thread may call it (e.g. to attribute memory)."""
+    try:
+        return _names[-1]
+    except IndexError:
+        return None
 
 
 def rounded(totals: dict[str, float], total_s: float) -> dict[str, float]:
