@@ -62,3 +62,28 @@ def test_the_audit_keeps_its_jax_compilations_for_the_next_process(tmp_path):
     env["STGUIDE_CACHE_DIR"] = str(tmp_path / "stg2")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
     assert not (tmp_path / "stg2").exists()
+
+
+def test_read_ahead_loads_the_next_item_while_this_one_is_used_and_discards_on_early_stop():
+    import threading
+    from contextlib import closing
+
+    from stguide.progress import read_ahead
+
+    loaded, discarded, gate = [], [], threading.Event()
+
+    def load(k):
+        loaded.append(k)
+        if k == 1:
+            gate.set()
+        return k * 10
+
+    with closing(read_ahead([0, 1, 2, 3], load, discard=discarded.append)) as items:
+        for k, v in items:
+            assert v == k * 10
+            if k == 0:
+                assert gate.wait(5)  # item 1 loads while item 0 is in use
+            if k == 1:
+                break
+    assert loaded == [0, 1, 2] and discarded == [20]  # 2 was read ahead, then handed back; 3 never loaded
+    assert list(read_ahead([], load)) == []

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
 MAX_EPOCH_LINES = 20  # longer fits print every k-th epoch (and the last), so that a fit writes at most this many lines
 
 
@@ -44,6 +46,24 @@ def track(items: Iterable[T], description: str, enabled: bool = True, total: int
         for it in items:
             yield it
             p.advance(task)
+
+
+def read_ahead(keys: Sequence[K], load: Callable[[K], T], discard: Callable[[T], Any] | None = None) -> Generator[tuple[K, T], None, None]:
+    """Yield ``(key, load(key))`` in order while the next key loads on one background thread, so that reading and
+    decoding (which release the GIL) overlap the caller's work on the current item. Close the generator when
+    stopping early (``contextlib.closing``): the load in flight then finishes and ``discard`` gets what it loaded."""
+    if not keys:
+        return
+    with ThreadPoolExecutor(1) as pool:
+        ahead: Any = pool.submit(load, keys[0])
+        try:
+            for i, key in enumerate(keys):
+                value = ahead.result()
+                ahead = pool.submit(load, keys[i + 1]) if i + 1 < len(keys) else None
+                yield key, value
+        finally:
+            if ahead is not None and discard is not None and ahead.exception() is None:
+                discard(ahead.result())
 
 
 def training_progress(enabled: bool, label: str, max_epochs: int) -> dict[str, Any]:

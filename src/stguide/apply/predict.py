@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from stguide.apply.tissue import tile_grid, tissue_mask
 from stguide.data.images import image_size, native_um_per_px, open_level, thumbnail
 from stguide.errors import InputError
 from stguide.io import write_json_atomic
-from stguide.progress import track
+from stguide.progress import read_ahead, track
 from stguide.report.palette import class_colour
 
 
@@ -91,13 +91,10 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
                 tiles = np.stack([apply_macenko(t, *stain) for t in tiles])
             return tiles
 
-        starts = range(0, n, batch_size)
-        with ThreadPoolExecutor(1) as reader:  # the next batch is read and decoded while this one is embedded
-            ahead = reader.submit(read, 0) if n else None
-            for s in track(starts, f"tiles of {slide.name} ({n} tiles of {patch['size_um']:g} µm)", enabled=progress):
-                assert ahead is not None
-                tiles = ahead.result()
-                ahead = reader.submit(read, s + batch_size) if s + batch_size < n else None
+        starts = list(range(0, n, batch_size))
+        with closing(read_ahead(starts, read)) as batches:  # the next batch is read and decoded while this one is embedded
+            for s, tiles in track(batches, f"tiles of {slide.name} ({n} tiles of {patch['size_um']:g} µm)", enabled=progress,
+                                  total=len(starts)):
                 f, u = bundle.embed(tiles, head=bool(genes))
                 chunks.append(f)
                 proba[s:s + batch_size] = bundle.proba(f)

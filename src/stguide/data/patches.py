@@ -8,7 +8,7 @@ extraction option; a re-run with the same inputs reuses the cache, any change wr
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -23,7 +23,7 @@ from stguide.data.model import section_info
 from stguide.data.stain import apply_macenko, fit_macenko
 from stguide.errors import InputError
 from stguide.io import atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
-from stguide.progress import track
+from stguide.progress import read_ahead, track
 
 CACHE_VERSION = 1
 
@@ -219,19 +219,17 @@ def extract_patches(
         else:
             arr = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(len(rows), *shape))
 
-        def opened(i: int):
-            """Section ``i``'s image decoded at the scale its patches need, with its µm/px."""
-            image, um = section_info(adata, sections[i]).imaging()
+        def opened(section: str):
+            """The section's image decoded at the scale its patches need, with its µm/px."""
+            image, um = section_info(adata, section).imaging()
             return open_level(image, downsample=cfg.size_um / um / cfg.out_px), image, um
 
-        reader = ThreadPoolExecutor(1)  # the next section's image is decoded while this one's patches are cut
+        # the next section's image is decoded while this one's patches are cut
+        images = read_ahead(sections, opened, discard=lambda opened_image: opened_image[0].close())
         cutters = ThreadPoolExecutor(min(4, os.cpu_count() or 1))  # Pillow's crop and resize release the GIL
-        ahead: Future | None = reader.submit(opened, 0)
         try:
-            for i, s in enumerate(track(sections, f"cutting {cfg.size_um:g} µm patches", enabled=progress)):
-                assert ahead is not None
-                level, image, um_per_px = ahead.result()
-                ahead = reader.submit(opened, i + 1) if i + 1 < len(sections) else None
+            for s, (level, image, um_per_px) in track(images, f"cutting {cfg.size_um:g} µm patches", enabled=progress,
+                                                      total=len(sections)):
                 half_px = cfg.size_um / um_per_px / 2
                 try:
                     sel = np.flatnonzero(sec_col[rows] == s)
@@ -261,10 +259,8 @@ def extract_patches(
                 finally:
                     level.close()
         finally:
-            reader.shutdown(wait=True)
+            images.close()  # stopped early: the image read ahead is closed
             cutters.shutdown(wait=True)
-            if ahead is not None and ahead.exception() is None:  # stopped early: close the image read ahead
-                ahead.result()[0].close()
         arr.flush()
         del arr
         meta = {
