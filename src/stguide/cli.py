@@ -12,6 +12,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from stguide import distributed
+
 
 def _table(results: dict) -> None:
     from rich.console import Console
@@ -196,9 +198,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     a = read_dataset(args.data)
     out = Path(args.out)
     train = ~a.obs["patient"].isin(args.exclude_patients or []).to_numpy()
-    store = extract_patches(a, patches, args.patch_cache or out / "patches")
+    with distributed.main_first():  # under torchrun the others read the main process's patch cache
+        store = extract_patches(a, patches, args.patch_cache or out / "patches", progress=distributed.is_main())
     _, _, emb = fit_image_encoder(cfg, a, store, enc, out, train_mask=train, exclude_labels=tuple(args.exclude_labels),
                                   resume=args.resume)
+    if emb is None:  # a process other than the main one: it trained, the main one writes
+        return
     write_dataset(emb, out / "embeddings.h5ad")
     print(f"wrote {out / 'checkpoints' / 'last.ckpt'} and {out / 'embeddings.h5ad'} (obsm X_image_backbone, X_image_head)")
 
@@ -216,6 +221,8 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config)
     results = run_experiment(cfg, args.out, progress=not args.no_progress, command=_command())
+    if not distributed.is_main():  # under torchrun only the main process scores and reports
+        return
     _table(results)
     for name, why in results.get("skipped", {}).items():
         print(f"{name}: {why}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
+from stguide import distributed
 from stguide.contrastive.cached import embed_cached, train_on_features
 from stguide.contrastive.config import ContrastiveConfig
 from stguide.contrastive.features import feature_cache
@@ -98,6 +99,8 @@ def fit_image_encoder(
     if cfg.trunk == "full":
         module, transform = train_contrastive(cfg, store, list(names[mask]), z, y, out, gene_inputs=gin,
                                               gene_encoder=gnet, resume=resume, progress=progress)
+        if not distributed.is_main():  # under torchrun the others only trained with it (stguide.distributed)
+            return module, transform, None
         return module, transform, embed_images(module, transform, store, adata.copy())
     cache = feature_cache(store, cfg.backbone, cfg.init, features_dir or out / "features", blocks=cfg.trunk_blocks if cfg.trunk == "partial" else 0,
                           views=cfg.views, view_seed=cfg.view_seed, progress=progress)

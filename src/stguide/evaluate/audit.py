@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from stguide.io import user_cache_dir
 
@@ -127,6 +128,7 @@ def umap_coords(x: np.ndarray, seed: int = 0) -> np.ndarray:
     return umap.UMAP(random_state=seed, n_jobs=1).fit_transform(np.asarray(x, np.float32)).astype(np.float32)
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")  # small logistic regressions: see stguide.evaluate.probes
 def patient_auc(x: np.ndarray, patients: np.ndarray, folds: int = 5, seed: int = 0) -> float:
     """How well the features tell patients apart: a standardised logistic regression predicting the patient,
     cross-validated (stratified ``folds``-fold), scored by the macro one-vs-rest ROC AUC (two patients: the plain

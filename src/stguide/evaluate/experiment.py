@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anndata as ad
 
-from stguide import timing
+from stguide import distributed, timing
 from stguide.contrastive.config import ContrastiveConfig
 from stguide.data.model import write_dataset
 from stguide.data.patches import extract_patches
@@ -93,15 +93,21 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | PathLike, progress: boo
 
     Writes under ``out_dir``: ``data/dataset.h5ad`` (what was read, with scanpy's spatial layout), ``patches/``,
     ``folds/<fold>/<method>/`` (one cell each), ``results.json``, ``report.md``, ``report.html`` and ``figures/``.
+    Under ``torchrun`` (:mod:`stguide.distributed`) the processes other than the main one return ``{}``.
     """
     out = Path(out_dir)
     t0 = time.perf_counter()
+    main = distributed.is_main()  # under torchrun, the other processes only join the end-to-end training
     with timing.recording() as seconds:
-        with timing.part("read"):
+        with timing.part("read"), distributed.main_first():
             adata = load_data(cfg.data, out)
-            write_dataset(adata, out / "data" / "dataset.h5ad")
-        with timing.part("patches"):
-            store = extract_patches(adata, cfg.patches, out / "patches", progress=progress)
+            if main:
+                write_dataset(adata, out / "data" / "dataset.h5ad")
+        with timing.part("patches"), distributed.main_first():
+            store = extract_patches(adata, cfg.patches, out / "patches", progress=progress and main)
+        if not main:
+            run_lopo(cfg, adata, store, out, progress=False)
+            return {}
         with timing.part("report"):
             save_spot_map_data(adata, out, cfg.report.thumbnail_px)
         results = run_lopo(cfg, adata, store, out, progress)

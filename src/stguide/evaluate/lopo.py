@@ -12,7 +12,7 @@ import anndata as ad
 import numpy as np
 import torch
 
-from stguide import timing
+from stguide import distributed, timing
 from stguide.contrastive.api import OBSM_BACKBONE, OBSM_HEAD, fit_image_encoder
 from stguide.contrastive.config import ContrastiveConfig
 from stguide.contrastive.encoders import build_image_encoder, effnet_lite0_available
@@ -57,14 +57,14 @@ def fold_gene_encoder(cfg: ExperimentConfig, adata: ad.AnnData, fold: Fold, name
     key = fingerprint(enc.settings(), list(cfg.exclude_labels), dkey or data_key(adata), fingerprint(fold.train))
     if memo is not None and (name, key) in memo:
         return memo[(name, key)]
-    with timing.part("gene encoders"):
+    with timing.part("gene encoders"), distributed.main_first():
         if key_matches(folder, key, done=None):
             enc = load_encoder(folder)
         else:
             enc.fit(adata[fold.train], batch_key="patient", labels_key="label", exclude_labels=cfg.exclude_labels, progress=progress)
             enc.save(folder)
             (folder / "key.txt").write_text(key)
-    if cfg.report.target_audit and not (folder / "target_audit.json").is_file():
+    if cfg.report.target_audit and distributed.is_main() and not (folder / "target_audit.json").is_file():
         with timing.part("gene-target audit"):
             train = adata[fold.train]
             labels = train.obs["label"].astype(object).where(labelled_mask(train, cfg.exclude_labels), None).to_numpy()
@@ -109,6 +109,8 @@ def cell_features(m: Method, ccfg: ContrastiveConfig, pcfg: ProbeConfig, ctx: Ce
     with timing.part("stage 2"):
         _, _, emb = fit_image_encoder(ccfg, adata, store, enc, cell, train_mask=fold.train, exclude_labels=cfg.exclude_labels,
                                       resume=resume, progress=ctx.progress, features_dir=ctx.features_dir)
+    if emb is None:  # a process other than the main one (torchrun) trained and has nothing to probe
+        return np.zeros((0, 0), np.float32)
     take = emb.obs_names.get_indexer(names)
     backbone, head = emb.obsm[OBSM_BACKBONE][take], emb.obsm[OBSM_HEAD][take]
     if pcfg.features == "both":
@@ -174,6 +176,8 @@ def run_cell(ctx: CellContext, m: Method, fold: Fold, out: Path, seed_index: int
     key = fingerprint(asdict(m), asdict(ccfg), genes, asdict(pcfg), list(cfg.exclude_labels), ctx.data_key, store.path.name,
                       fold.held_out, fingerprint(fold.train))
     want_audit, want_umap = cfg.report.image_audit and seed_index == 0, fold.held_out == ctx.umap_fold and seed_index == 0
+    if not distributed.is_main():
+        return _join_training(ctx, m, ccfg, pcfg, fold, out, cell, key, names[probe_train | test])
     if key_matches(cell, key):
         _describe(cell, want_audit and not (cell / "image_audit.json").is_file(), want_umap and not (cell / "umap.npz").is_file(), ccfg.seed)
         return json.loads((cell / "metrics.json").read_text())
@@ -201,6 +205,16 @@ def run_cell(ctx: CellContext, m: Method, fold: Fold, out: Path, seed_index: int
     write_json_atomic(cell / "metrics.json", metrics)
     finish_cell(cell, key)
     return metrics
+
+
+def _join_training(ctx: CellContext, m: Method, ccfg: ContrastiveConfig, pcfg: ProbeConfig, fold: Fold, out: Path, cell: Path,
+                   key: str, names: np.ndarray) -> dict:
+    """A process other than the main one (torchrun): take part in the cell's end-to-end training, nothing else."""
+    if trains(m, ccfg) and ccfg.trunk == "full" and not key_matches(cell, key):
+        pending = cell / "key.pending"  # the main process resumes this checkpoint too (start_cell)
+        resume = pending.is_file() and pending.read_text() == key
+        cell_features(m, ccfg, pcfg, ctx, fold, out, cell, resume, names)
+    return {}
 
 
 def _describe(cell: Path, audit_on: bool, umap: bool, seed: int) -> None:
@@ -254,6 +268,8 @@ def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_di
             n_seeds = (m.seeds or cfg.lopo.seeds) if seed_dependent(m, m.config(cfg.contrastive)) else 1
             for s in range(n_seeds):
                 metr = run_cell(ctx, m, fold, out / "folds" / fold.held_out, s)
+                if not distributed.is_main():
+                    continue
                 if "skipped" in metr:
                     skipped[m.name] = metr["skipped"]
                     break
