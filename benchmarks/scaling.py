@@ -16,7 +16,10 @@ is the largest resident set (VmRSS, which counts the memory-mapped patch and fea
 which does not) sampled every 50 ms while the part was the innermost one running; ``peak`` is the process's
 ``ru_maxrss`` (the import of torch included).
 
-Usage: python benchmarks/scaling.py [--sizes 1024 2048 4096 8192 16384 32768 65536] [--work runs/bench/scaling]
+Each size's row is kept in its run folder (``row.json``); ``--resume`` reuses them, so a study can grow a size at a
+time.
+
+Usage: python benchmarks/scaling.py [--sizes 1024 2048 4096 8192 16384 32768 65536] [--work runs/bench/scaling] [--resume]
 """
 from __future__ import annotations
 
@@ -163,11 +166,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="spots per run (multiples of 1,024)")
     ap.add_argument("--work", default="runs/bench/scaling", help="data and run folders")
     ap.add_argument("--results", default="benchmarks/results/scaling", help="where table.md and results.json go")
+    ap.add_argument("--resume", action="store_true", help="keep the sizes an earlier run of this command measured")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work)
     if args.one:
         row = one(args.one, work / "data" / f"spots-{args.one}.h5ad", work / f"run-{args.one}")
+        write_json_atomic(work / f"run-{args.one}" / "row.json", row)
         print("ROW " + json.dumps(row), flush=True)
         return
     if any(n % (PATIENTS * SPOTS_PER_SECTION) for n in args.sizes):
@@ -176,6 +181,10 @@ def main() -> None:
     rows = []
     for n in sorted(args.sizes):
         run_dir = work / f"run-{n}"
+        if args.resume and (run_dir / "row.json").is_file():
+            rows.append(json.loads((run_dir / "row.json").read_text()))
+            print(f"{n:>6} spots: measured before (--resume), {rows[-1]['runtime_s']:.0f} s", flush=True)
+            continue
         if run_dir.exists():
             import shutil
 

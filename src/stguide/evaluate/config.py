@@ -12,7 +12,7 @@ A YAML has these sections, all optional (docs/configuration.md documents every f
     exclude_labels: [undetermined]   # labels that do not count: not scored, not a probe's nor scANVI's label
     methods: [...]         # default: DEFAULT_METHODS; each {name, gene_encoder, loss, init, backbone, loss_kwargs, contrastive}
     ablation: true         # add the loss ablation on the scANVI gene side
-    report: {image_audit: true, umap: true, umap_fold: null, spot_map_method: null, thumbnail_px: 900}
+    report: {image_audit: true, umap: true, umap_fold: null, umap_max_spots: 5000, spot_map_method: null, thumbnail_px: 900}
 
 The demo is a preset of this file (``stguide/presets/demo.yaml``), run by the same driver.
 """
@@ -150,7 +150,9 @@ class LopoConfig(FromDict):
 class ReportConfig:
     """What is described and drawn. ``image_audit``: the scib-metrics batch/biology audit and the patient-prediction
     AUC of each cell's image features (the first seed's, when there are several); ``target_audit``: the same audit of each fold's gene targets on its training
-    patients (was the target batch-agnostic at all?); ``umap``: UMAPs of the image features of ``umap_fold`` (default: the first fold);
+    patients (was the target batch-agnostic at all?); ``umap``: UMAPs of the image features of ``umap_fold`` (default: the first fold),
+    of at most ``umap_max_spots`` spots drawn at random (seeded; UMAP's cost grows faster than the spots, and a figure
+    shows no more);
     ``spot_map_method``: the method whose predictions are drawn over the H&E thumbnails (default: the best by
     mean balanced accuracy); ``thumbnail_px``: the longer side of those thumbnails."""
 
@@ -158,6 +160,7 @@ class ReportConfig:
     target_audit: bool = True
     umap: bool = True
     umap_fold: str | None = None
+    umap_max_spots: int = 5000
     spot_map_method: str | None = None
     thumbnail_px: int = 900
 

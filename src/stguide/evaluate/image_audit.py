@@ -18,7 +18,7 @@ def load_features(cell: Path) -> dict[str, np.ndarray]:
 
 
 def describe_features(cell: Path, audit_on: bool = True, umap: bool = False, seed: int = 0,
-                      cfg: AuditConfig = AuditConfig()) -> None:
+                      cfg: AuditConfig = AuditConfig(), umap_max_spots: int = 5000) -> None:
     """Write ``image_audit.json`` (the scib-metrics row and the cross-validated patient-prediction AUC) and/or
     ``umap.npz`` (2-D coordinates) into ``cell``."""
     f = load_features(cell)
@@ -28,7 +28,10 @@ def describe_features(cell: Path, audit_on: bool = True, umap: bool = False, see
         record = {c: float(v) for c, v in row.items()}
         record["patient_auc"] = patient_auc(f["x"], f["patient"], seed=cfg.seed)
         write_json_atomic(cell / "image_audit.json", record)
-    if umap:
+    if umap:  # at most umap_max_spots spots, drawn at random (seeded); ``rows`` says which
+        n = len(f["x"])
+        rows = np.arange(n) if n <= umap_max_spots else np.sort(np.random.default_rng(seed).choice(n, umap_max_spots, replace=False))
         with atomic_path(cell / "umap.npz", suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, xy=umap_coords(f["x"], seed), patient=f["patient"], label=f["label"])
+                np.savez_compressed(fh, xy=umap_coords(f["x"][rows], seed), patient=f["patient"][rows], label=f["label"][rows],
+                                    rows=rows)

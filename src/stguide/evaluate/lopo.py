@@ -179,7 +179,8 @@ def run_cell(ctx: CellContext, m: Method, fold: Fold, out: Path, seed_index: int
     if not distributed.is_main():
         return _join_training(ctx, m, ccfg, pcfg, fold, out, cell, key, names[probe_train | test])
     if key_matches(cell, key):
-        _describe(cell, want_audit and not (cell / "image_audit.json").is_file(), want_umap and not (cell / "umap.npz").is_file(), ccfg.seed)
+        _describe(cell, want_audit and not (cell / "image_audit.json").is_file(), want_umap and not (cell / "umap.npz").is_file(), ccfg.seed,
+                  cfg.report.umap_max_spots)
         return json.loads((cell / "metrics.json").read_text())
     resume = start_cell(cell, key)
     scored = probe_train | test
@@ -201,7 +202,7 @@ def run_cell(ctx: CellContext, m: Method, fold: Fold, out: Path, seed_index: int
     save_npz(cell / "probe.npz", **scored_probe.linear)  # the linear probe as plain arrays (stguide export reads it)
     save_npz(cell / "features.npz", obs_names=names[scored], x=feats.astype(np.float16), patient=patients[scored],
              label=labels[scored], test=test[scored])
-    _describe(cell, want_audit, want_umap, ccfg.seed)
+    _describe(cell, want_audit, want_umap, ccfg.seed, cfg.report.umap_max_spots)
     write_json_atomic(cell / "metrics.json", metrics)
     finish_cell(cell, key)
     return metrics
@@ -217,10 +218,10 @@ def _join_training(ctx: CellContext, m: Method, ccfg: ContrastiveConfig, pcfg: P
     return {}
 
 
-def _describe(cell: Path, audit_on: bool, umap: bool, seed: int) -> None:
+def _describe(cell: Path, audit_on: bool, umap: bool, seed: int, umap_max_spots: int) -> None:
     if audit_on or umap:
         with timing.part("image audit"):
-            describe_features(cell, audit_on=audit_on, umap=umap, seed=seed)
+            describe_features(cell, audit_on=audit_on, umap=umap, seed=seed, umap_max_spots=umap_max_spots)
 
 
 def _over_seeds(runs: dict[int, dict]) -> dict:

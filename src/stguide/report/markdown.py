@@ -203,7 +203,7 @@ def render_markdown(results: dict, title: str = "stguide report", figures: dict 
     if figs:
         lines += ["## Figures", ""]
         lines += _figures(figs, "confusion", "Confusion matrices (held-out spots of all folds; counts, colour = row fraction)")
-        lines += _figures(figs, "umap", "UMAPs of the image embeddings")
+        lines += _figures(figs, "umap", "UMAPs of the image embeddings (at most `report.umap_max_spots` spots each, drawn at random)")
         lines += _figures(figs, "spots", f"Spot maps: true vs predicted labels ({(figs.get('spots_method') or ['?'])[0]}, "
                                          "linear probe) over the H&E")
         lines += _figures(figs, "training", "Training curves")

@@ -1,5 +1,5 @@
-"""stguide.timing (seconds per part, nested parts counted once, parts that add up to the whole) and the caches that
-make a fresh process fast (the audit's JAX compilations)."""
+"""What keeps a run fast and says where its time went: stguide.timing (seconds per part, nested parts counted once,
+parts that add up), the read-ahead generator, the audit's JAX compilation cache, the UMAP sample."""
 import time
 
 from stguide import timing
@@ -87,3 +87,21 @@ def test_read_ahead_loads_the_next_item_while_this_one_is_used_and_discards_on_e
                 break
     assert loaded == [0, 1, 2] and discarded == [20]  # 2 was read ahead, then handed back; 3 never loaded
     assert list(read_ahead([], load)) == []
+
+
+def test_the_umap_of_a_large_cell_is_drawn_from_a_seeded_sample(tmp_path):
+    import numpy as np
+
+    from stguide.evaluate.image_audit import describe_features
+
+    r = np.random.default_rng(0)
+    n = 90
+    np.savez(tmp_path / "features.npz", obs_names=np.array([f"s{i}" for i in range(n)]), x=r.normal(size=(n, 6)).astype(np.float16),
+             patient=np.repeat(["a", "b", "c"], 30), label=np.tile(["u", "v", "w"], 30), test=np.zeros(n, bool))
+    describe_features(tmp_path, audit_on=False, umap=True, seed=3, umap_max_spots=40)
+    z = np.load(tmp_path / "umap.npz")
+    assert z["xy"].shape == (40, 2) and len(set(z["rows"])) == 40 and z["rows"].max() < n
+    assert (z["patient"] == np.repeat(["a", "b", "c"], 30)[z["rows"]]).all()
+    first = z["rows"].copy()
+    describe_features(tmp_path, audit_on=False, umap=True, seed=3, umap_max_spots=40)
+    assert (np.load(tmp_path / "umap.npz")["rows"] == first).all()  # seeded
