@@ -62,9 +62,8 @@ def choose_c(scores: dict[float, float], tolerance: float = 0.0) -> float:
 
 
 # The probe's L-BFGS iterations multiply a (spots × features) matrix by a few class columns: too small for BLAS
-# threads to pay their synchronisation. One thread fitted the probes of benchmarks/scaling.py's 1,024-spot run 9×
-# faster than OpenBLAS's 2 threads on an idle 2-core machine (1.2 vs 10.9 s; 37× with the cores busy, 1.8 vs 66 s), and was never
-# slower on 1k–16k random spots. Torch and the other stages keep their threads.
+# threads to pay their synchronisation, which on 2 cores made the probes several times slower than one thread
+# (docs/performance.md). Torch and the other stages keep their threads.
 @threadpool_limits.wrap(limits=1, user_api="blas")
 def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeConfig = ProbeConfig()):
     """Fit the linear probe; returns (model, chosen C, inner scores)."""
