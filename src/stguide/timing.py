@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _totals: list[dict[str, float]] = []  # the active recordings (innermost last)
-_stack: list[list[float]] = []  # per open part: [start, seconds of its nested parts]
-_names: list[str] = []  # the open parts' names (innermost last)
+_stack: list[tuple[str, list[float]]] = []  # per open part: (name, [start, seconds of its nested parts])
 
 
 @contextmanager
@@ -32,16 +31,14 @@ def recording() -> Iterator[dict[str, float]]:
 def part(name: str) -> Iterator[None]:
     """Time the block as part ``name`` (added to every active recording), excluding its nested parts."""
     frame = [time.perf_counter(), 0.0]
-    _stack.append(frame)
-    _names.append(name)
+    _stack.append((name, frame))
     try:
         yield
     finally:
         _stack.pop()
-        _names.pop()
         spent = time.perf_counter() - frame[0]
         if _stack:
-            _stack[-1][1] += spent
+            _stack[-1][1][1] += spent
         for totals in _totals:
             totals[name] = totals.get(name, 0.0) + spent - frame[1]
 
@@ -49,7 +46,7 @@ def part(name: str) -> Iterator[None]:
 def current() -> str | None:
     """The innermost open part (None outside every part); a sampler thread may call it (e.g. to attribute memory)."""
     try:
-        return _names[-1]
+        return _stack[-1][0]
     except IndexError:
         return None
 

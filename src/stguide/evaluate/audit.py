@@ -50,6 +50,11 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def seeded_sample(n: int, k: int, seed: int) -> np.ndarray:
+    """Sorted row indices: all ``n`` rows when ``n ≤ k``, else ``k`` of them drawn at random with ``seed``."""
+    return np.arange(n) if n <= k else np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
 def knn(x: np.ndarray, k: int):
     """Exact (deterministic) kNN as scib-metrics' NeighborsResults."""
     from scib_metrics.nearest_neighbors import NeighborsResults
@@ -104,9 +109,7 @@ def audit(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.ndarray,
     use_compilation_cache()
     batch = np.asarray(batch).astype(str)
     labels = np.asarray(labels, dtype=object)
-    idx = np.arange(len(batch))
-    if len(idx) > cfg.max_spots:
-        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(idx), cfg.max_spots, replace=False))
+    idx = seeded_sample(len(batch), cfg.max_spots, cfg.seed)
     lab = labels[idx]
     ok = pd.notna(lab)
     rows = {}

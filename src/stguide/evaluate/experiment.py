@@ -113,10 +113,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | PathLike, progress: boo
         results = run_lopo(cfg, adata, store, out, progress)
         results.update(kind="experiment", command=command, config=asdict(cfg), ablation=cfg.ablation_rows(),
                        methods_paragraph=methods_paragraph(cfg, results))
-        for final in (False, True):  # the report shows the parts before it; results.json then adds the report's seconds
-            results.update(runtime_s=round(time.perf_counter() - t0, 1), timings=timing.rounded(seconds, time.perf_counter() - t0))
+
+        def save() -> None:
+            elapsed = time.perf_counter() - t0
+            results.update(runtime_s=round(elapsed, 1), timings=timing.rounded(seconds, elapsed))
             write_json_atomic(out / "results.json", results)
-            if not final:
-                with timing.part("report"):
-                    write_report(out)
+
+        save()  # the report shows the parts before it …
+        with timing.part("report"):
+            write_report(out)
+        save()  # … and results.json then adds the report's seconds
     return results

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stguide.evaluate.audit import AuditConfig, audit, patient_auc, umap_coords
+from stguide.evaluate.audit import AuditConfig, audit, patient_auc, seeded_sample, umap_coords
 from stguide.io import atomic_path, write_json_atomic
 
 
@@ -29,8 +29,7 @@ def describe_features(cell: Path, audit_on: bool = True, umap: bool = False, see
         record["patient_auc"] = patient_auc(f["x"], f["patient"], seed=cfg.seed)
         write_json_atomic(cell / "image_audit.json", record)
     if umap:  # at most umap_max_spots spots, drawn at random (seeded); ``rows`` says which
-        n = len(f["x"])
-        rows = np.arange(n) if n <= umap_max_spots else np.sort(np.random.default_rng(seed).choice(n, umap_max_spots, replace=False))
+        rows = seeded_sample(len(f["x"]), umap_max_spots, seed)
         with atomic_path(cell / "umap.npz", suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, xy=umap_coords(f["x"][rows], seed), patient=f["patient"][rows], label=f["label"][rows],
