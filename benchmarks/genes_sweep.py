@@ -13,10 +13,13 @@ that combines, for each factor, the level the rule ranks best; ``--lopo K`` runs
 patients) of the K best settings and of PCA.
 
 Every fit is cached under ``--out/audit/<setting>/`` (its settings' fingerprint in ``key.txt``), so an interrupted
-study continues and ``--only`` runs a part of it. Prints, and writes ``--out/table.md`` and ``results.json``: the
-audit row, the fit's wall-clock seconds, and the epochs and optimisation steps it took.
+study continues and ``--only`` runs a part of it; ``--reuse`` takes a setting's row from the results.json a previous
+run left in ``--results`` when the cache folder is gone. The gene-side LOPO cells (small JSON files) go under
+``--results/lopo/`` so that they are kept with the results. Prints, and writes ``--results/table.md`` and
+``results.json``: the audit row, the fit's wall-clock seconds, and the epochs and optimisation steps it took.
 
 Usage: python benchmarks/genes_sweep.py --data runs/genes-sweep/her2st.h5ad [--only NAME ...] [--combined] [--lopo 3]
+       [--folds PATIENT ...] [--reuse] [--lopo-out DIR]
 (make the data once with: stguide data her2st ../shared/realdata/her2st --out runs/genes-sweep/her2st.h5ad)
 """
 from __future__ import annotations
@@ -63,14 +66,24 @@ def label_score(row: dict[str, float]) -> float:
     return float(np.mean([row[m] for m in BIO_METRICS if m in row]))
 
 
-def fit_and_audit(adata, name: str, encoder: str, changes: dict[str, Any], batch_key: str, out: Path) -> dict[str, Any]:
-    """Fit one setting on every spot, audit its latent; cached in ``out/<name>/``."""
+def fit_and_audit(adata, name: str, encoder: str, changes: dict[str, Any], batch_key: str, out: Path,
+                  earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit one setting on every spot, audit its latent; cached in ``out/<name>/``.
+
+    ``earlier``: the record a previous run of this study wrote to its results.json; used instead of a refit when it
+    is the same setting on data of the same size (the cache folder may not have survived, results.json did).
+    """
     cfg = GeneConfig.from_dict(merge(BASE, changes))
     enc = get_encoder(encoder, cfg)
     folder = out / name.replace("/", "__")
     key = fingerprint(enc.settings(), batch_key, adata.n_obs, adata.n_vars, "v1")
     if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
         return json.loads((folder / "row.json").read_text())
+    if earlier is not None and (earlier["encoder"], earlier["changes"], earlier["batch_key"]) == (encoder, changes, batch_key):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "row.json", earlier)
+        (folder / "key.txt").write_text(key)
+        return earlier
     t0 = time.perf_counter()
     enc.fit(adata, batch_key=batch_key, labels_key="label", progress=True)
     fit_s = time.perf_counter() - t0
@@ -129,7 +142,15 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=sorted(SETTINGS), help="run these settings only (default: all)")
     ap.add_argument("--combined", action="store_true", help="also fit the combination of the best scVI levels")
     ap.add_argument("--lopo", type=int, default=0, metavar="K", help="gene-side LOPO of the K best settings and PCA")
+    ap.add_argument("--folds", nargs="+", metavar="PATIENT",
+                    help="gene-side LOPO: hold out these patients only (default: every labelled one); the cells are "
+                         "cached per fold, so workers on separate folds can run side by side and a last run gathers them")
     ap.add_argument("--results", default="benchmarks/results/genes_sweep", help="where table.md and results.json go")
+    ap.add_argument("--lopo-out", help="where the gene-side LOPO cells go (default: --results/lopo; small JSON files, "
+                                       "kept with the results so that a study cut off continues from the folds done)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take a setting's audit row from the results.json already in --results (same setting, same "
+                         "data size) instead of refitting it, when its cache folder is gone")
     args = ap.parse_args()
 
     from stguide.data import read_dataset
@@ -137,9 +158,14 @@ def main() -> None:
     adata = read_dataset(args.data)
     out = Path(args.out)
     records: dict[str, dict] = {}
+    earlier: dict[str, dict] = {}
+    if args.reuse and (Path(args.results) / "results.json").is_file():
+        prev = json.loads((Path(args.results) / "results.json").read_text())
+        if (prev["data"]["n_spots"], prev["data"]["n_genes"]) == (adata.n_obs, adata.n_vars):
+            earlier = prev["records"]
     for name in args.only or list(SETTINGS):
         enc, _, ch, bk = SETTINGS[name]
-        records[name] = fit_and_audit(adata, name, enc, ch, bk, out / "audit")
+        records[name] = fit_and_audit(adata, name, enc, ch, bk, out / "audit", earlier.get(name))
         r = records[name]
         print(f"{name}: iLISI {r['audit']['ilisi']:.3f}, label score {r['label_score']:.3f}, {r['fit_seconds']:.0f} s", flush=True)
     if args.combined and "pca" in records:
@@ -147,14 +173,16 @@ def main() -> None:
         records["scvi/combined"] = fit_and_audit(adata, "scvi/combined", "scvi", ch, bk, out / "audit")
     order = ranked(records) if "pca" in records else []
     lopo: dict[str, Any] = {}
+    lopo_out = Path(args.lopo_out or Path(args.results) / "lopo")
     if args.lopo and order:
         from stguide.evaluate.genes_lopo import run_gene_lopo
 
         for name in ["pca", *order[: args.lopo]]:
             r = records[name]
             cfg = GeneConfig.from_dict(merge(BASE, r["changes"]))
-            res = run_gene_lopo(adata, [r["encoder"]], out / "lopo" / name.replace("/", "__"), cfg,
-                                batch_key=r["batch_key"], command="python benchmarks/genes_sweep.py", progress=True)
+            res = run_gene_lopo(adata, [r["encoder"]], lopo_out / name.replace("/", "__"), cfg,
+                                batch_key=r["batch_key"], folds=args.folds,
+                                command="python benchmarks/genes_sweep.py", progress=True)
             m = res["methods"][r["encoder"]]
             lopo[name] = {"bacc": m["mean"]["bacc"], "bacc_sd": m["sd"]["bacc"], "knn_bacc": m["mean"].get("knn_bacc"),
                           "bacc3": m["mean"].get("bacc3"), "folds": {f: v["bacc"] for f, v in m["folds"].items()}}
@@ -176,7 +204,8 @@ def main() -> None:
     write_json_atomic(res_dir / "results.json", {
         "command": "python benchmarks/genes_sweep.py " + " ".join(
             [*(["--only", *args.only] if args.only else []), *(["--combined"] if args.combined else []),
-             *([f"--lopo {args.lopo}"] if args.lopo else [])]),
+             *([f"--lopo {args.lopo}"] if args.lopo else []),
+             *(["--folds", *args.folds] if args.folds else []), *(["--reuse"] if args.reuse else [])]),
         "date": str(date.today()), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "data": {"path": args.data, "n_spots": adata.n_obs, "n_genes": adata.n_vars},
         "records": records, "ranked": order, "lopo": lopo})
