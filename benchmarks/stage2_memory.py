@@ -8,13 +8,19 @@ on every spot (``fit_image_encoder``, as an experiment cell calls it), ``tf_effi
 - ``frozen``: the pooled trunk features of 1 view per patch cached, then the head trained 3 epochs;
 - ``partial``: the activations before the last block cached (1 view), then that block and the head trained 2 epochs;
 - ``full``: trained end to end on the images for 20 steps (``trainer_kwargs: {limit_train_batches: 20}``, so the
-  run fits this machine; memory does not grow with steps), then every spot embedded.
+  run fits this machine; memory does not grow with steps), then every spot embedded;
+- ``full-ckpt``: the same with ``grad_checkpointing: true``;
+- ``bare``: the floor of ``full``'s training — the same module's forward + backward + AdamW step on one in-memory
+  batch of random tensors (64 × 3 × 224 × 224), no data, no Lightning.
+
+For the ``full`` modes the peak is also split at the end of training: ``train`` (the Lightning fit) and ``embed``
+(every spot embedded afterwards, ``extract_features``).
 
 Each process reports ``ru_maxrss`` (its peak resident set, the import of torch included) and the largest RssAnon
 sampled every 50 ms (its own memory, without the file pages of the memory-mapped caches, which the kernel can drop at
 will). The patch store's size is given beside them: a loader that held it in RAM would need that much more.
 
-Usage: python benchmarks/stage2_memory.py [--work runs/bench/stage2-memory] [--modes frozen partial full]
+Usage: python benchmarks/stage2_memory.py [--work runs/bench/stage2-memory] [--modes frozen partial full full-ckpt bare]
 """
 from __future__ import annotations
 
@@ -36,6 +42,8 @@ MODES = {
     "frozen": {"trunk": "frozen", "views": 1, "epochs": 3},
     "partial": {"trunk": "partial", "trunk_blocks": 1, "views": 1, "epochs": 2},
     "full": {"trunk": "full", "epochs": 1, "augment": True, "trainer_kwargs": {"limit_train_batches": 20}},
+    "full-ckpt": {"trunk": "full", "epochs": 1, "augment": True, "trainer_kwargs": {"limit_train_batches": 20},
+                  "grad_checkpointing": True},
 }
 
 
@@ -83,27 +91,65 @@ def one(mode: str, work: Path) -> dict:
             peak[0] = max(peak[0], anon_bytes())
 
     threading.Thread(target=sample, daemon=True).start()
-    cfg = ContrastiveConfig.from_dict({"backbone": "tf_efficientnet_lite0", "init": "none", "batch_size": 64, "seed": 0, **MODES[mode]})
+    cfg = ContrastiveConfig.from_dict({"backbone": "tf_efficientnet_lite0", "init": "none", "batch_size": 64, "seed": 0,
+                                       **MODES.get(mode, MODES["full"])})
     out = work / f"run-{mode}"
     if out.exists():
         import shutil
 
         shutil.rmtree(out)
+    phases: dict[str, float] = {}
     t = time.perf_counter()
-    fit_image_encoder(cfg, adata, store, enc, out, progress=False, features_dir=out / "features")
+    if mode == "bare":
+        bare_steps(cfg, store, enc.transform(adata[:1]).shape[1])
+    else:
+        import stguide.contrastive.api as api
+
+        train = api.train_contrastive
+
+        def marked(*a, **k):  # the peak so far is training's; the embedding pass starts a new one
+            r = train(*a, **k)
+            phases["train"], peak[0] = max(peak[0], anon_bytes()), 0
+            return r
+
+        api.train_contrastive = marked
+        fit_image_encoder(cfg, adata, store, enc, out, progress=False, features_dir=out / "features")
+        if "train" in phases:
+            phases["embed"] = peak[0]
+            peak[0] = max(phases.values())
     seconds = time.perf_counter() - t
     stop.set()
     return {"mode": mode, "spots": int(adata.n_obs), "seconds": round(seconds, 1),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2 ** 30, 3),
-            "peak_anon_gib": round(peak[0] / 2 ** 30, 3)}
+            "peak_anon_gib": round(max(peak[0], anon_bytes()) / 2 ** 30, 3),
+            **{f"peak_anon_{k}_gib": round(v / 2 ** 30, 3) for k, v in phases.items()}}
+
+
+def bare_steps(cfg, store, gene_dim: int, steps: int = 3) -> None:
+    """The module's forward + backward + AdamW step on one in-memory batch (the floor of ``full``'s training)."""
+    import torch
+
+    from stguide.contrastive.module import total_loss
+    from stguide.contrastive.train import build_module
+
+    module, _ = build_module(cfg, store, gene_dim)
+    module.train()
+    opt = module.configure_optimizers()["optimizer"]
+    b, px = cfg.batch_size, int(store.meta["out_px"])
+    x, z = torch.randn(b, 3, px, px).contiguous(memory_format=torch.channels_last), torch.randn(b, gene_dim)
+    for _ in range(steps):
+        loss = total_loss(module.compute_losses((x, z, z, torch.full((b,), -1), torch.zeros(b, dtype=torch.long))))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="runs/bench/stage2-memory", help="data, patches and run folders")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=[*MODES, "bare"])
     ap.add_argument("--results", default="benchmarks/results/stage2_memory", help="where table.md and results.json go")
-    ap.add_argument("--one", choices=list(MODES), help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=[*MODES, "bare"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work)
     if args.one:
@@ -122,8 +168,11 @@ def main() -> None:
         rows.append(json.loads(line[0][4:]))
         print(rows[-1], flush=True)
     md = (f"{rows[0]['spots']:,} spots, 224 px patches; the patch store is {store_gib:.2f} GiB on disk (memory-mapped)\n\n"
-          "| trunk mode | seconds | peak RSS GiB (ru_maxrss) | peak anonymous GiB |\n|---|---|---|---|\n"
-          + "".join(f"| {r['mode']} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | {r['peak_anon_gib']:.2f} |\n" for r in rows))
+          "| trunk mode | seconds | peak RSS GiB (ru_maxrss) | peak anonymous GiB | of it: training | of it: embedding |\n"
+          "|---|---|---|---|---|---|\n"
+          + "".join(f"| {r['mode']} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | {r['peak_anon_gib']:.2f} | "
+                    f"{r.get('peak_anon_train_gib', float('nan')):.2f} | {r.get('peak_anon_embed_gib', float('nan')):.2f} |\n"
+                    for r in rows))
     print(md)
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)

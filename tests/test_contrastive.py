@@ -240,3 +240,46 @@ def test_unreachable_hub_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InputError, match="pretrained weights could not be obtained"):
         build_image_encoder("resnet18", "imagenet")
+
+
+def test_training_batches_travel_as_uint8_and_are_normalised_like_the_per_patch_transform(tiny):
+    """The DataLoader carries bytes; the module normalises a whole batch into channels-last float, the very numbers
+    the per-patch transform gives."""
+    from stguide.contrastive.data import PairDataset
+    from stguide.contrastive.train import build_module
+
+    _, train, store = tiny
+    rows = store.indices(list(train.obs_names[:4]))
+    ds = PairDataset(store, rows, np.zeros((4, 6), np.float32), np.full(4, -1))
+    batch = torch.stack([ds[i][0] for i in range(4)])
+    assert batch.dtype == torch.uint8 and batch.shape[-1] == 3
+    module, transform = build_module(ContrastiveConfig(**TINY), store, 6)
+    x = module.images(batch)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x, torch.stack([transform(store[int(r)]) for r in rows]))
+    feats = torch.randn(4, 8)
+    assert module.images(feats) is feats  # cached features pass unchanged
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny):
+    """timm's checkpointing recomputes activations in the backward pass: the trunk's gradients are those of the
+    plain step (BatchNorm's running statistics, updated in the recomputation too, are not compared)."""
+    from stguide.contrastive.module import total_loss
+    from stguide.contrastive.train import build_module
+
+    _, train, store = tiny
+    rows = store.indices(list(train.obs_names[:16]))
+    x = torch.from_numpy(np.stack([store[int(r)] for r in rows]))
+    g = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        module, _ = build_module(ContrastiveConfig(**TINY, grad_checkpointing=on), store, 6)
+        module.train()
+        torch.manual_seed(1)  # the heads' dropout draws the same
+        total_loss(module.compute_losses((x, g, g, torch.full((16,), -1), torch.zeros(16, dtype=torch.long)))).backward()
+        grads.append({k: p.grad.clone() for k, p in module.backbone.named_parameters()})
+    for k, v in grads[0].items():
+        torch.testing.assert_close(grads[1][k], v, msg=k, rtol=1e-4, atol=1e-5)
+    with pytest.raises(Exception, match="grad_checkpointing"):
+        ContrastiveConfig(**TINY, trunk="frozen", grad_checkpointing=True)

@@ -23,7 +23,9 @@ class ContrastiveConfig(FromDict):
     ``patience`` (early-stopping epochs), ``num_workers``, ``precision`` (``auto``: bf16-mixed on GPU, 32 on
     CPU), ``seed``, ``finetune_gene_encoder`` (train a copy of the scVI/scANVI encoder on counts instead of
     freezing it; off by default), ``supcon_labels`` (``label``: the training labels; ``scanvi``: scANVI's
-    predictions), ``trainer_kwargs`` (passed to ``lightning.Trainer``).
+    predictions), ``trainer_kwargs`` (passed to ``lightning.Trainer``), ``grad_checkpointing`` (``trunk: full``
+    only: timm's gradient checkpointing, the trunk's activations recomputed in the backward pass instead of kept —
+    about half the training memory for about a third more time; off by default).
 
     Where training stops in the trunk: ``trunk`` is ``full`` (end-to-end on images, Lightning; today's default),
     ``frozen`` (the whole pretrained trunk is run once per patch and view and its pooled features cached; only the
@@ -65,6 +67,7 @@ class ContrastiveConfig(FromDict):
     trainer_kwargs: dict = field(default_factory=dict)
     trunk: Literal["full", "frozen", "partial"] = "full"
     trunk_blocks: int = 1
+    grad_checkpointing: bool = False
     views: int = 8
     view_seed: int = 0
     objective: Literal["contrastive", "supervised"] = "contrastive"
@@ -92,6 +95,10 @@ class ContrastiveConfig(FromDict):
         if self.trunk == "full" and (self.batching != "mixed" or self.adversary_weight or self.objective != "contrastive"):
             key = "batching" if self.batching != "mixed" else "adversary_weight" if self.adversary_weight else "objective"
             raise ConfigError(key, f"{key} is implemented for cached trunk features only", "set trunk: frozen or partial")
+        if self.trunk != "full" and self.grad_checkpointing:
+            raise ConfigError("grad_checkpointing", "gradient checkpointing saves memory in end-to-end training only "
+                              f"(trunk: {self.trunk} trains no trunk activations it could recompute)",
+                              "set grad_checkpointing: false, or trunk: full")
         if self.trunk != "full" and self.finetune_gene_encoder:
             raise ConfigError("finetune_gene_encoder", "fine-tuning the gene encoder is implemented for trunk: full only",
                               "set finetune_gene_encoder: false, or trunk: full")

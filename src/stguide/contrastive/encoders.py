@@ -147,11 +147,16 @@ class Normalise:
         t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
         return (t - self.mean) / self.std
 
-    def batch(self, patches: np.ndarray) -> torch.Tensor:
-        """uint8 N×H×W×3 → normalised float N×3×H×W, the same numbers as stacking :meth:`__call__` per patch, in
-        channels-last memory (the layout the trunk runs fastest in) without a per-patch Python loop."""
-        t = torch.from_numpy(np.ascontiguousarray(np.asarray(patches, dtype=np.uint8)[..., :3])).permute(0, 3, 1, 2)
-        return t.float().div_(255.0).sub_(self.mean).div_(self.std)
+    def batch(self, patches: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 N×H×W×3 (a numpy array, or a tensor on any device) → normalised float N×3×H×W, the same numbers as
+        stacking :meth:`__call__` per patch, in channels-last memory (the layout the trunk runs fastest in) without
+        a per-patch Python loop; on the tensor's device, so a GPU receives uint8 and normalises there."""
+        if isinstance(patches, torch.Tensor):
+            t = patches[..., :3].permute(0, 3, 1, 2)
+        else:
+            a = np.ascontiguousarray(np.asarray(patches, dtype=np.uint8)[..., :3])
+            t = torch.from_numpy(a if a.flags.writeable else a.copy()).permute(0, 3, 1, 2)  # a mapped store is read-only
+        return t.float().div_(255.0).sub_(self.mean.to(t.device)).div_(self.std.to(t.device))
 
 
 def make_transform(mean, std) -> Normalise:

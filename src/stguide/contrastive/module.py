@@ -65,11 +65,23 @@ class ContrastiveModule(L.LightningModule):
         if adversary_weight > 0:  # a patient classifier behind a gradient reversal: the head learns not to tell patients apart
             self.adversary = nn.Sequential(GradientReversal(), nn.Linear(embed_dim, max(n_patients, 2)))
 
+    normalise: Any = None  # the trunk's input normalisation (encoders.Normalise), set by train.build_module
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's input: a uint8 N×H×W×3 batch is normalised here, a batch at a time on its device, into
+        channels-last float; anything else (cached features, float images) passes unchanged."""
+        if x.dtype == torch.uint8:
+            if self.normalise is None:
+                raise ValueError("uint8 images need the trunk's normalisation (ContrastiveModule.normalise)")
+            return self.normalise.batch(x)
+        return x
+
     def logit_scale(self) -> torch.Tensor:
         return self.log_scale.exp().clamp(max=100.0)
 
     def embed_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(backbone features, normalised head embedding)."""
+        x = self.images(x)
         f = self._frozen(x) if self.freeze_backbone else self.backbone(x)
         return f, F.normalize(self.image_head(f), dim=1)
 
@@ -82,6 +94,7 @@ class ContrastiveModule(L.LightningModule):
     def compute_losses(self, batch: Any) -> dict[str, torch.Tensor]:
         """The loss terms of a batch ``(images or cached features, gene input, gene latent, label id, patient id)``."""
         x, g, z, y, patient = batch
+        x = self.images(x)
         f = self.backbone(x) if not self.freeze_backbone else self._frozen(x)
         h = self.image_head(f)
         u = F.normalize(h, dim=1)
