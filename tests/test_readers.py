@@ -125,3 +125,38 @@ def test_a_lazy_level_reads_what_a_decoded_one_does(tmp_path, layout):
         assert np.array_equal(a, b) and fa == fb
     assert 0 < len(lazy.chunk_cache) <= lazy.chunk_cache_cap
     lazy.close()
+
+
+@pytest.mark.parametrize("layout", ["tiles", "strips"])
+def test_a_large_tiff_level_decoded_band_by_band_is_the_whole_level(tmp_path, layout):
+    """The level is decoded on a thread one band at a time; a cut waits only for its rows, the finished array is the
+    very image tifffile decodes at once, and a level closed early stops its thread."""
+    img = np.random.default_rng(2).integers(0, 256, (1000, 600, 3), dtype=np.uint8)
+    p = tmp_path / "bands.tif"
+    tifffile.imwrite(p, img, photometric="rgb", **({"tile": (128, 128)} if layout == "tiles" else {"rowsperstrip": 100}))
+    lv = open_level(p)
+    assert lv.bands is not None
+    top, _ = lv.cut(300, 60, 50, 16)  # needs the first band only
+    assert np.array_equal(top, open_level(p, lazy=True).cut(300, 60, 50, 16)[0])
+    lv.bands.wait(1000)
+    assert np.array_equal(lv.array, tifffile.imread(p))
+    lv.close()
+    early = open_level(p)
+    early.close()  # no patch cut: the decoding thread stops and is joined
+    assert not early.bands._thread.is_alive()
+
+
+def test_a_corrupt_tile_in_a_band_names_the_file(tmp_path):
+    img = np.random.default_rng(3).integers(0, 256, (1024, 256, 3), dtype=np.uint8)
+    p = tmp_path / "cut.tif"
+    tifffile.imwrite(p, img, photometric="rgb", tile=(128, 128), compression="zlib")
+    with tifffile.TiffFile(p) as tf:
+        page = tf.pages[0]
+        offset, count = page.dataoffsets[-1], page.databytecounts[-1]
+    with open(p, "r+b") as f:  # the last tile's compressed bytes overwritten with garbage
+        f.seek(offset)
+        f.write(b"\xff" * count)
+    lv = open_level(p)
+    with pytest.raises(InputError, match="cut.tif"):
+        lv.cut(128, 1000, 20, 8)
+    lv.close()

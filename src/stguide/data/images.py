@@ -2,7 +2,8 @@
 
 * JPEG (and other Pillow formats): Pillow's ``draft`` decodes JPEG at 1/2, 1/4 or 1/8 scale.
 * TIFF: the coarsest pyramid level that is not coarser than needed; a tiled TIFF without a pyramid is streamed in
-  strips of tiles and reduced on the fly, so the full-resolution image is never held in memory.
+  strips of tiles and reduced on the fly, so the full-resolution image is never held in memory. A large level is
+  decoded band by band on a thread while the patches of the bands already decoded are cut (:class:`Bands`).
 * Whole-slide formats (``.svs``, ``.ndpi``, ``.mrxs``, ...): OpenSlide, reading regions from the best level.
 
 All coordinates given to a :class:`Level` are full-resolution pixels.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,6 +82,56 @@ def image_size(path: str | PathLike) -> tuple[int, int]:
             return im.size
 
 
+class Bands:
+    """Decodes a tiled or stripped uint8 TIFF level into ``out`` one band of stored rows at a time, on a thread of its
+    own: a reader of rows ``[y0, y1)`` waits (:meth:`wait`) only until the bands that hold them are in, so cutting the
+    first patches overlaps decoding the rest (tifffile decodes a whole level on one thread on a 2-core machine)."""
+
+    def __init__(self, path: Path, level: int, axes: str, out: np.ndarray) -> None:
+        self.path, self.out, self.rows = path, out, 0
+        self.error: Exception | None = None
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, args=(level, axes), name=f"decode {path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self, level: int, axes: str) -> None:
+        import tifffile
+        import zarr
+
+        store = None
+        try:
+            store = tifffile.imread(self.path, aszarr=True, level=level)  # its own file handle
+            z = zarr.open_array(store, mode="r")
+            h, band = self.out.shape[0], int(z.chunks[0])
+            for y in range(0, h, band):
+                if self._stop:
+                    return
+                y1 = min(y + band, h)
+                self.out[y:y1] = _to_rgb(np.asarray(z[y:y1]), axes)
+                with self._cond:
+                    self.rows = y1
+                    self._cond.notify_all()
+        except Exception as e:  # noqa: BLE001 - handed to the reader, who raises it with the file's name
+            with self._cond:
+                self.error = e
+                self._cond.notify_all()
+        finally:
+            if store is not None:
+                store.close()
+
+    def wait(self, y1: int) -> None:
+        """Block until rows ``[0, y1)`` are decoded; a decoding error is raised here, naming the file."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.rows >= y1 or self.error is not None)
+        if self.error is not None:
+            raise _unreadable(self.path, self.error)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+
+
 @dataclass
 class Level:
     """One resolution level of an image: in memory (``array``, or ``pil`` for a decoded JPEG/PNG) or read on demand
@@ -97,6 +149,7 @@ class Level:
     pil: Any = None  # a decoded Pillow image (JPEG/PNG)
     chunk_cache: OrderedDict | None = None  # decoded tiles of a lazy level, least recently used first
     chunk_cache_cap: int = 0
+    bands: Bands | None = None  # ``array`` is still being decoded, band by band
 
     @property
     def size(self) -> tuple[int, int]:
@@ -112,6 +165,8 @@ class Level:
     def _read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Level pixels [y0:y1, x0:x1], already clipped to the level."""
         if self.array is not None:
+            if self.bands is not None:
+                self.bands.wait(y1)
             return self.array[y0:y1, x0:x1]
         if self.pil is not None:
             return np.asarray(self.pil.crop((x0, y0, x1, y1)))
@@ -181,6 +236,8 @@ class Level:
         return np.asarray(patch, dtype=np.uint8), float(1.0 - min(inside, 1.0))
 
     def close(self) -> None:
+        if self.bands is not None:
+            self.bands.close()
         if self.pil is not None:
             self.pil.close()
         if self.slide is not None:
@@ -240,6 +297,11 @@ def _tiff_level(path: Path, downsample: float) -> Level:
         if factor >= 2 and getattr(page, "is_tiled", False) and best.axes.startswith("YX"):
             arr = _stream_reduce(best, factor)
             return Level(path, full[0] / arr.shape[1], full, array=arr)
+        rows = int(getattr(page, "tilelength" if getattr(page, "is_tiled", False) else "rowsperstrip", 0) or 0)
+        if best.dtype == np.uint8 and best.axes in ("YXS", "YX") and 0 < rows and 2 * rows < best.shape[0] \
+                and (best.axes == "YX" or best.shape[2] in (3, 4)):
+            out = np.empty((best.shape[0], best.shape[1], 3), np.uint8)
+            return Level(path, full[0] / out.shape[1], full, array=out, bands=Bands(path, index, best.axes, out))
         arr = best.asarray()
     arr = _to_rgb(arr, best.axes)
     return Level(path, full[0] / arr.shape[1], full, array=arr)

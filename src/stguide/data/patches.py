@@ -160,13 +160,14 @@ def _fingerprint(adata: ad.AnnData, cfg: PatchConfig, sections: list[str]) -> st
 def _cut_all(level, sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, half_px: float, out_px: int, arr: np.ndarray | ShardedArray,
              outside: np.ndarray, pool: ThreadPoolExecutor) -> None:
     """Cut the patches of spots ``sel`` (centres ``xs``, ``ys``) from an in-memory or OpenSlide level into ``arr``,
-    spread over the threads of ``pool`` (each writes its own rows)."""
+    spread over the threads of ``pool`` (each writes its own rows), top to bottom: a level still being decoded
+    band by band (``images.Bands``) serves the first patches while the rest decode."""
 
     def cut(part: np.ndarray) -> None:
         for k in part:
             arr[sel[k]], outside[sel[k]] = level.cut(xs[k], ys[k], half_px, out_px)
 
-    parts = np.array_split(np.arange(len(sel)), max(1, min(len(sel), 32)))
+    parts = np.array_split(np.argsort(ys, kind="stable"), max(1, min(len(sel), 32)))
     for done in [pool.submit(cut, part) for part in parts]:
         done.result()
 
