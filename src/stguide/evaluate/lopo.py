@@ -250,7 +250,8 @@ def contrast(a: dict[str, dict[int, dict]], b: dict[str, dict[int, dict]], metri
 
 def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_dir: str | Path, progress: bool = True) -> dict:
     """Run every method of ``cfg`` on every fold and seed; return the results (``methods``, ``dataset``,
-    ``comparisons`` with the baseline, ``skipped``).
+    ``comparisons`` with the baseline, ``skipped``); ``{}`` on a torchrun process other than the main one, which only
+    joins the end-to-end trainings.
 
     Completed cells are cached under ``folds/<fold>/<method>/[seed<k>/]`` by a key of their settings and inputs, so
     a re-run continues where an interrupted one stopped (and an interrupted end-to-end training resumes from its last
@@ -275,6 +276,8 @@ def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_di
                     skipped[m.name] = metr["skipped"]
                     break
                 per_seed[m.name].setdefault(fold.held_out, {})[s] = metr
+    if not distributed.is_main():  # a torchrun follower only joined the trainings; the main process aggregates
+        return {}
     results: dict[str, Any] = {"methods": {}, "dataset": dataset_summary(adata)}
     for name, folds_m in per_seed.items():
         if folds_m:
