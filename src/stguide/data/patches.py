@@ -8,6 +8,7 @@ extraction option; a re-run with the same inputs reuses the cache, any change wr
 from __future__ import annotations
 
 import os
+import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from os import PathLike
@@ -158,17 +159,28 @@ def _fingerprint(adata: ad.AnnData, cfg: PatchConfig, sections: list[str]) -> st
 
 
 def _cut_all(level, sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, half_px: float, out_px: int, arr: np.ndarray | ShardedArray,
-             outside: np.ndarray, pool: ThreadPoolExecutor) -> None:
+             outside: np.ndarray, pool: ThreadPoolExecutor, n: int) -> None:
     """Cut the patches of spots ``sel`` (centres ``xs``, ``ys``) from an in-memory or OpenSlide level into ``arr``,
-    spread over the threads of ``pool`` (each writes its own rows), top to bottom: a level still being decoded
-    band by band (``images.Bands``) serves the first patches while the rest decode."""
+    spread over ``n`` threads of ``pool`` (each writes its own rows), top to bottom: a level still being decoded
+    band by band (``images.Bands``) serves the first patches while the rest decode. The decode is the critical path
+    then, so until it is done the cutting keeps to one thread fewer than the cores (at least one)."""
+    parts: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+    for part in np.array_split(np.argsort(ys, kind="stable"), max(1, min(len(sel), 32))):
+        parts.put(part)
+    early = max(1, min(n, (os.cpu_count() or 1) - 1)) if level.bands is not None else n
 
-    def cut(part: np.ndarray) -> None:
-        for k in part:
-            arr[sel[k]], outside[sel[k]] = level.cut(xs[k], ys[k], half_px, out_px)
+    def cutter(i: int) -> None:
+        if i >= early:
+            level.bands.wait(level.bands.out.shape[0])  # join once the whole level is in
+        while True:
+            try:
+                part = parts.get_nowait()
+            except queue.Empty:
+                return
+            for k in part:
+                arr[sel[k]], outside[sel[k]] = level.cut(xs[k], ys[k], half_px, out_px)
 
-    parts = np.array_split(np.argsort(ys, kind="stable"), max(1, min(len(sel), 32)))
-    for done in [pool.submit(cut, part) for part in parts]:
+    for done in [pool.submit(cutter, i) for i in range(n)]:
         done.result()
 
 
@@ -227,7 +239,8 @@ def extract_patches(
 
         # the next section's image is decoded while this one's patches are cut
         images = read_ahead(sections, opened, discard=lambda opened_image: opened_image[0].close())
-        cutters = ThreadPoolExecutor(min(4, os.cpu_count() or 1))  # Pillow's crop and resize release the GIL
+        n_cutters = min(4, os.cpu_count() or 1)
+        cutters = ThreadPoolExecutor(n_cutters)  # Pillow's crop and resize release the GIL
         try:
             for s, (level, image, um_per_px) in track(images, f"cutting {cfg.size_um:g} µm patches", enabled=progress,
                                                       total=len(sections)):
@@ -243,7 +256,7 @@ def extract_patches(
                                          f"{int(off.sum())} spot centre(s) of section {s} lie outside the {w}×{h} px image "
                                          f"(e.g. {names[sel][off][:3].tolist()})",
                                          "check that positions are full-resolution pixels of this image")
-                    _cut_all(level, sel, xs, ys, half_px, cfg.out_px, arr, outside_frac, cutters)
+                    _cut_all(level, sel, xs, ys, half_px, cfg.out_px, arr, outside_frac, cutters, n_cutters)
                     bad = outside_frac[sel] > 0
                     if bad.any() and cfg.outside == "raise":
                         raise InputError(image,
