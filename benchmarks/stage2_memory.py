@@ -10,8 +10,10 @@ on every spot (``fit_image_encoder``, as an experiment cell calls it), ``tf_effi
 - ``full``: trained end to end on the images for 20 steps (``trainer_kwargs: {limit_train_batches: 20}``, so the
   run fits this machine; memory does not grow with steps), then every spot embedded;
 - ``full-ckpt``: the same with ``grad_checkpointing: true``;
+- ``full-micro``: the same with ``micro_batch: 16`` (the trunk in checkpointed micro-batches of 16);
 - ``bare``: the floor of ``full``'s training — the same module's forward + backward + AdamW step on one in-memory
-  batch of random tensors (64 × 3 × 224 × 224), no data, no Lightning.
+  batch of random tensors (64 × 3 × 224 × 224), no data, no Lightning; ``bare-micro``: the same with
+  ``micro_batch: 16``.
 
 For the ``full`` modes the peak is also split at the end of training: ``train`` (the Lightning fit) and ``embed``
 (every spot embedded afterwards, ``extract_features``).
@@ -20,7 +22,7 @@ Each process reports ``ru_maxrss`` (its peak resident set, the import of torch i
 sampled every 50 ms (its own memory, without the file pages of the memory-mapped caches, which the kernel can drop at
 will). The patch store's size is given beside them: a loader that held it in RAM would need that much more.
 
-Usage: python benchmarks/stage2_memory.py [--work runs/bench/stage2-memory] [--modes frozen partial full full-ckpt bare]
+Usage: python benchmarks/stage2_memory.py [--work runs/bench/stage2-memory] [--modes frozen partial full full-ckpt full-micro bare bare-micro]
 """
 from __future__ import annotations
 
@@ -44,7 +46,10 @@ MODES = {
     "full": {"trunk": "full", "epochs": 1, "augment": True, "trainer_kwargs": {"limit_train_batches": 20}},
     "full-ckpt": {"trunk": "full", "epochs": 1, "augment": True, "trainer_kwargs": {"limit_train_batches": 20},
                   "grad_checkpointing": True},
+    "full-micro": {"trunk": "full", "epochs": 1, "augment": True, "trainer_kwargs": {"limit_train_batches": 20},
+                   "micro_batch": 16},
 }
+BARE = {"bare": {}, "bare-micro": {"micro_batch": 16}}
 
 
 def setup(work: Path):
@@ -92,7 +97,7 @@ def one(mode: str, work: Path) -> dict:
 
     threading.Thread(target=sample, daemon=True).start()
     cfg = ContrastiveConfig.from_dict({"backbone": "tf_efficientnet_lite0", "init": "none", "batch_size": 64, "seed": 0,
-                                       **MODES.get(mode, MODES["full"])})
+                                       **MODES.get(mode, {**MODES["full"], **BARE.get(mode, {})})})
     out = work / f"run-{mode}"
     if out.exists():
         import shutil
@@ -100,7 +105,7 @@ def one(mode: str, work: Path) -> dict:
         shutil.rmtree(out)
     phases: dict[str, float] = {}
     t = time.perf_counter()
-    if mode == "bare":
+    if mode in BARE:
         bare_steps(cfg, store, enc.transform(adata[:1]).shape[1])
     else:
         import stguide.contrastive.api as api
@@ -147,9 +152,9 @@ def bare_steps(cfg, store, gene_dim: int, steps: int = 3) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="runs/bench/stage2-memory", help="data, patches and run folders")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=[*MODES, "bare"])
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=[*MODES, *BARE])
     ap.add_argument("--results", default="benchmarks/results/stage2_memory", help="where table.md and results.json go")
-    ap.add_argument("--one", choices=[*MODES, "bare"], help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=[*MODES, *BARE], help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work)
     if args.one:

@@ -283,3 +283,35 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
         torch.testing.assert_close(grads[1][k], v, msg=k, rtol=1e-4, atol=1e-5)
     with pytest.raises(Exception, match="grad_checkpointing"):
         ContrastiveConfig(**TINY, trunk="frozen", grad_checkpointing=True)
+
+
+def test_micro_batches_give_the_whole_batch_gradients(tiny):
+    """``micro_batch`` runs the trunk in checkpointed micro-batches while the loss sees the whole batch: with
+    BatchNorm on its running statistics (the one thing a micro-batch changes), every gradient is the plain step's,
+    and the loss value too."""
+    from stguide.contrastive.module import total_loss
+    from stguide.contrastive.train import build_module
+
+    _, train, store = tiny
+    rows = store.indices(list(train.obs_names[:16]))
+    x = torch.from_numpy(np.stack([store[int(r)] for r in rows]))
+    g = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
+    grads, losses = [], []
+    for micro in (0, 5):  # 5: four micro-batches of 4
+        torch.manual_seed(0)
+        module, _ = build_module(ContrastiveConfig(**TINY, micro_batch=micro), store, 6)
+        module.train()
+        for m in module.backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        torch.manual_seed(1)  # the heads' dropout draws the same
+        loss = total_loss(module.compute_losses((x, g, g, torch.full((16,), -1), torch.zeros(16, dtype=torch.long))))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[1], losses[0])
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("backbone.") for k in grads[0])
+    for k, v in grads[0].items():
+        torch.testing.assert_close(grads[1][k], v, msg=k, rtol=1e-4, atol=1e-5)
+    with pytest.raises(Exception, match="micro_batch"):
+        ContrastiveConfig(**TINY, trunk="frozen", micro_batch=8)

@@ -25,7 +25,11 @@ class ContrastiveConfig(FromDict):
     freezing it; off by default), ``supcon_labels`` (``label``: the training labels; ``scanvi``: scANVI's
     predictions), ``trainer_kwargs`` (passed to ``lightning.Trainer``), ``grad_checkpointing`` (``trunk: full``
     only: timm's gradient checkpointing, the trunk's activations recomputed in the backward pass instead of kept —
-    about half the training memory for about a third more time; off by default).
+    about half the training memory for about a third more time; off by default), ``micro_batch`` (``trunk: full``
+    only; 0 = off: the trunk runs each batch in equal micro-batches of at most this many patches, each checkpointed, so its
+    activations are kept for one micro-batch at a time; the loss still sees the whole batch, every other spot a
+    negative, and the gradients are the whole batch's except that BatchNorm normalises each micro-batch by its own
+    statistics, as across DDP processes without SyncBN).
 
     Where training stops in the trunk: ``trunk`` is ``full`` (end-to-end on images, Lightning; today's default),
     ``frozen`` (the whole pretrained trunk is run once per patch and view and its pooled features cached; only the
@@ -68,6 +72,7 @@ class ContrastiveConfig(FromDict):
     trunk: Literal["full", "frozen", "partial"] = "full"
     trunk_blocks: int = 1
     grad_checkpointing: bool = False
+    micro_batch: int = 0
     views: int = 8
     view_seed: int = 0
     objective: Literal["contrastive", "supervised"] = "contrastive"
@@ -99,6 +104,11 @@ class ContrastiveConfig(FromDict):
             raise ConfigError("grad_checkpointing", "gradient checkpointing saves memory in end-to-end training only "
                               f"(trunk: {self.trunk} trains no trunk activations it could recompute)",
                               "set grad_checkpointing: false, or trunk: full")
+        if self.micro_batch < 0:
+            raise ConfigError("micro_batch", f"must be ≥ 0, got {self.micro_batch}", "use 0 (off) or e.g. 16")
+        if self.trunk != "full" and self.micro_batch:
+            raise ConfigError("micro_batch", f"micro-batches bound the trunk's activations in end-to-end training only "
+                              f"(trunk: {self.trunk} trains no trunk)", "set micro_batch: 0, or trunk: full")
         if self.trunk != "full" and self.finetune_gene_encoder:
             raise ConfigError("finetune_gene_encoder", "fine-tuning the gene encoder is implemented for trunk: full only",
                               "set finetune_gene_encoder: false, or trunk: full")

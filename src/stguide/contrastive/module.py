@@ -66,6 +66,7 @@ class ContrastiveModule(L.LightningModule):
             self.adversary = nn.Sequential(GradientReversal(), nn.Linear(embed_dim, max(n_patients, 2)))
 
     normalise: Any = None  # the trunk's input normalisation (encoders.Normalise), set by train.build_module
+    micro_batch: int = 0  # > 0: the trunk trains in checkpointed micro-batches of at most this size (ContrastiveConfig.micro_batch)
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's input: a uint8 N×H×W×3 batch is normalised here, a batch at a time on its device, into
@@ -95,7 +96,7 @@ class ContrastiveModule(L.LightningModule):
         """The loss terms of a batch ``(images or cached features, gene input, gene latent, label id, patient id)``."""
         x, g, z, y, patient = batch
         x = self.images(x)
-        f = self.backbone(x) if not self.freeze_backbone else self._frozen(x)
+        f = self._trunk(x) if not self.freeze_backbone else self._frozen(x)
         h = self.image_head(f)
         u = F.normalize(h, dim=1)
         if self.classifier is not None:
@@ -106,6 +107,18 @@ class ContrastiveModule(L.LightningModule):
         if self.adversary is not None:
             losses["adversary_loss"] = self.adversary_weight * F.cross_entropy(self.adversary(u), patient)
         return losses
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's features of a batch. With ``micro_batch``, while training, in micro-batches that each keep
+        only their input: the forward pass runs without keeping activations and the backward pass recomputes one
+        micro-batch at a time (with the same random draws), so the trunk's activation memory is one micro-batch's."""
+        m = self.micro_batch
+        if not m or len(x) <= m or not (self.training and torch.is_grad_enabled()):
+            return self.backbone(x)
+        from torch.utils.checkpoint import checkpoint
+
+        parts = x.tensor_split(-(-len(x) // m))  # balanced: 16 patches at micro_batch 5 are 4 × 4, not 5 + 5 + 5 + 1
+        return torch.cat([checkpoint(self.backbone, part, use_reentrant=False) for part in parts])
 
     def _frozen(self, x: torch.Tensor) -> torch.Tensor:
         self.backbone.eval()

@@ -76,7 +76,7 @@ def build_module(cfg: ContrastiveConfig, store: PatchStore, gene_dim: int, gene_
                                embed_dim=cfg.embed_dim, dropout=cfg.dropout, temperature=cfg.temperature,
                                learn_temperature=cfg.learn_temperature, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                freeze_backbone=cfg.freeze_backbone, max_epochs=cfg.epochs, seed=cfg.seed)
-    module.normalise = transform
+    module.normalise, module.micro_batch = transform, cfg.micro_batch
     return module, transform
 
 
