@@ -10,7 +10,7 @@ on every spot (``fit_image_encoder``, as an experiment cell calls it), ``tf_effi
 - ``full``: trained end to end on the images for 20 steps (``trainer_kwargs: {limit_train_batches: 20}``, so the
   run fits this machine; memory does not grow with steps), then every spot embedded;
 - ``full-ckpt``: the same with ``grad_checkpointing: true``;
-- ``full-micro``: the same with ``micro_batch: 16`` (the trunk in checkpointed micro-batches of 16);
+- ``full-micro``: the same with ``micro_batch: 16`` (``--micro-batch``; the trunk in checkpointed micro-batches);
 - ``bare``: the floor of ``full``'s training — the same module's forward + backward + AdamW step on one in-memory
   batch of random tensors (64 × 3 × 224 × 224), no data, no Lightning; ``bare-micro``: the same with
   ``micro_batch: 16``.
@@ -23,6 +23,7 @@ sampled every 50 ms (its own memory, without the file pages of the memory-mapped
 will). The patch store's size is given beside them: a loader that held it in RAM would need that much more.
 
 Usage: python benchmarks/stage2_memory.py [--work runs/bench/stage2-memory] [--modes frozen partial full full-ckpt full-micro bare bare-micro]
+       [--micro-batch 16]
 """
 from __future__ import annotations
 
@@ -155,8 +156,10 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=[*MODES, *BARE])
     ap.add_argument("--results", default="benchmarks/results/stage2_memory", help="where table.md and results.json go")
     ap.add_argument("--one", choices=[*MODES, *BARE], help=argparse.SUPPRESS)
+    ap.add_argument("--micro-batch", type=int, default=16, help="micro_batch of the full-micro and bare-micro modes")
     args = ap.parse_args()
     work = Path(args.work)
+    MODES["full-micro"]["micro_batch"] = BARE["bare-micro"]["micro_batch"] = args.micro_batch
     if args.one:
         print("ROW " + json.dumps(one(args.one, work)), flush=True)
         return
@@ -165,7 +168,8 @@ def main() -> None:
     store_gib = sum(p.stat().st_size for p in store.path.glob("*.npy")) / 2 ** 30
     rows = []
     for mode in args.modes:
-        p = subprocess.run([sys.executable, __file__, "--one", mode, "--work", str(work)], capture_output=True, text=True,
+        p = subprocess.run([sys.executable, __file__, "--one", mode, "--work", str(work), "--micro-batch", str(args.micro_batch)],
+                           capture_output=True, text=True,
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
         line = [x for x in p.stdout.splitlines() if x.startswith("ROW ")]
         if p.returncode or not line:
@@ -181,7 +185,8 @@ def main() -> None:
     print(md)
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
-    cmd = "python benchmarks/stage2_memory.py" + (f" --modes {' '.join(args.modes)}" if args.modes != list(MODES) else "")
+    cmd = ("python benchmarks/stage2_memory.py" + (f" --modes {' '.join(args.modes)}" if args.modes != list(MODES) else "")
+           + (f" --micro-batch {args.micro_batch}" if args.micro_batch != 16 else ""))
     (res / "table.md").write_text(f"Produced by: `{cmd}` ({date.today()}, {platform.node()}, {os.cpu_count()} CPUs)\n\n" + md)
     write_json_atomic(res / "results.json", {"command": cmd, "date": str(date.today()), "machine": platform.platform(),
                                              "store_gib": store_gib, "rows": rows})
