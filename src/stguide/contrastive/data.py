@@ -6,14 +6,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from stguide.contrastive.augment import Augment
+from stguide.contrastive.encoders import as_uint8
 from stguide.data.patches import PatchStore
-
-
-def as_uint8(img: np.ndarray) -> torch.Tensor:
-    """A patch as an H×W×3 uint8 tensor: batches travel as bytes (4× less than float through workers and to a
-    GPU) and are normalised a batch at a time by the module (``ContrastiveModule.images``)."""
-    a = np.ascontiguousarray(img[..., :3], dtype=np.uint8)
-    return torch.from_numpy(a if a.flags.writeable else a.copy())  # a read-only view of the mapped store is copied
 
 
 class PairDataset(Dataset):

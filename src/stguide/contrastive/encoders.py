@@ -134,6 +134,13 @@ def build_image_encoder(
     return model, make_transform(mean, std)
 
 
+def as_uint8(img: np.ndarray) -> torch.Tensor:
+    """Patches (H×W×C or N×H×W×C) as a uint8 tensor of their first 3 channels: batches travel as bytes (4× less
+    than float through workers and to a GPU) and are normalised a batch at a time (:meth:`Normalise.batch`)."""
+    a = np.ascontiguousarray(img[..., :3], dtype=np.uint8)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())  # a read-only view of the mapped store is copied
+
+
 class Normalise:
     """uint8 H×W×3 (or PIL) → normalised float C×H×W tensor (``mean``, ``std``: per channel); picklable for
     data-loader workers."""
@@ -151,11 +158,7 @@ class Normalise:
         """uint8 N×H×W×3 (a numpy array, or a tensor on any device) → normalised float N×3×H×W, the same numbers as
         stacking :meth:`__call__` per patch, in channels-last memory (the layout the trunk runs fastest in) without
         a per-patch Python loop; on the tensor's device, so a GPU receives uint8 and normalises there."""
-        if isinstance(patches, torch.Tensor):
-            t = patches[..., :3].permute(0, 3, 1, 2)
-        else:
-            a = np.ascontiguousarray(np.asarray(patches, dtype=np.uint8)[..., :3])
-            t = torch.from_numpy(a if a.flags.writeable else a.copy()).permute(0, 3, 1, 2)  # a mapped store is read-only
+        t = (patches[..., :3] if isinstance(patches, torch.Tensor) else as_uint8(np.asarray(patches))).permute(0, 3, 1, 2)
         return t.float().div_(255.0).sub_(self.mean.to(t.device)).div_(self.std.to(t.device))
 
 
