@@ -2,6 +2,8 @@
 parts that add up), the read-ahead generator, the audit's JAX compilation cache, the UMAP sample."""
 import time
 
+import pytest
+
 from stguide import timing
 
 
@@ -105,3 +107,52 @@ def test_the_umap_of_a_large_cell_is_drawn_from_a_seeded_sample(tmp_path):
     first = z["rows"].copy()
     describe_features(tmp_path, audit_on=False, umap=True, seed=3, umap_max_spots=40)
     assert (np.load(tmp_path / "umap.npz")["rows"] == first).all()  # seeded
+
+
+def _audit_data(n: int, d: int, k: int, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, k, n)
+    batch = rng.integers(0, 3, n)
+    lab[(batch == 2) & (lab == 0)] = 1  # label "0" lives in two batches only: an isolated label
+    x = rng.normal(size=(n, d)) + (lab[:, None] == np.arange(d)[None, :] % k) * 1.5 + batch[:, None] * 0.3
+    return x.astype(np.float32), lab.astype(str), batch.astype(str)
+
+
+def test_the_fast_silhouettes_and_kmeans_give_scib_metrics_values():
+    import warnings
+
+    import numpy as np
+    import scib_metrics as sm
+
+    from stguide.evaluate import fast_metrics as fm
+
+    for n, d, k, seed in [(300, 5, 3, 0), (900, 40, 7, 1)]:
+        x, lab, batch = _audit_data(n, d, k, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sil = fm.silhouette_samples(x, lab)
+            np.testing.assert_allclose(sil, sm.utils.silhouette_samples(x, lab), atol=1e-5)
+            assert abs(fm.silhouette_label(sil) - sm.silhouette_label(x, lab)) < 1e-6
+            assert abs(fm.isolated_labels(sil, lab, batch) - sm.isolated_labels(x, lab, batch)) < 1e-6
+            assert np.array_equal(fm.kmeans_labels(x, k), sm.utils.KMeans(k).fit(x).labels_)
+            assert fm.nmi_ari_kmeans(x, lab) == pytest.approx(sm.nmi_ari_cluster_labels_kmeans(x, lab))
+    one = fm.silhouette_samples(np.eye(3, dtype=np.float32), np.array(["a", "b", "b"]))
+    assert one[0] == 0.0  # a spot alone in its label scores 0, as in scib-metrics and scikit-learn
+
+
+def test_the_audit_builds_one_knn_graph_when_every_spot_is_labelled(monkeypatch):
+    from stguide.evaluate import audit as audit_mod
+
+    x, lab, batch = _audit_data(400, 8, 4, 3)
+    calls = []
+    real = audit_mod.knn
+    monkeypatch.setattr(audit_mod, "knn", lambda x, k: calls.append(len(x)) or real(x, k))
+    row = audit_mod.audit({"x": x}, batch, lab.astype(object), cfg=audit_mod.AuditConfig(n_neighbors=15)).iloc[0]
+    assert calls == [400] and {"graph_connectivity", "clisi", "isolated_labels", "nmi"} <= set(row.index)
+    calls.clear()
+    lab = lab.astype(object)
+    lab[:100] = None
+    audit_mod.audit({"x": x}, batch, lab, cfg=audit_mod.AuditConfig(n_neighbors=15))
+    assert calls == [400, 300]  # every spot (iLISI, kBET), then the labelled ones (connectivity and cLISI share it)

@@ -74,16 +74,24 @@ def _quiet(f, *a, **kw) -> Any:
 
 
 def batch_metrics(x: np.ndarray, batch: np.ndarray, labels: np.ndarray | None = None, x_pre: np.ndarray | None = None,
-                  cfg: AuditConfig = AuditConfig()) -> dict[str, float]:
-    """iLISI, kBET, BRAS, PCR comparison (vs ``x_pre``) and graph connectivity (needs ``labels``)."""
+                  cfg: AuditConfig = AuditConfig(), graphs: dict[str, Any] | None = None) -> dict[str, float]:
+    """iLISI, kBET, BRAS, PCR comparison (vs ``x_pre``) and graph connectivity (needs ``labels``).
+
+    ``graphs``: kNN graphs already built (``"all"``: every spot; ``"labelled"``: the labelled spots), reused instead
+    of building them again; the ones built here are added to it."""
     import scib_metrics as sm
 
-    nn = knn(x, cfg.n_neighbors)
+    graphs = {} if graphs is None else graphs
+    if "all" not in graphs:
+        graphs["all"] = knn(x, cfg.n_neighbors)
+    nn = graphs["all"]
     kbet = _quiet(sm.kbet, nn, batch)  # (acceptance rate, mean statistic, mean p-value)
     out = {"ilisi": float(_quiet(sm.ilisi_knn, nn, batch)), "kbet": float(kbet[0] if isinstance(kbet, tuple) else kbet)}
     if labels is not None:
         ok = pd.notna(labels)
-        out["graph_connectivity"] = float(_quiet(sm.graph_connectivity, knn(x[ok], cfg.n_neighbors), labels[ok]))
+        if "labelled" not in graphs:
+            graphs["labelled"] = nn if ok.all() else knn(x[ok], cfg.n_neighbors)
+        out["graph_connectivity"] = float(_quiet(sm.graph_connectivity, graphs["labelled"], labels[ok]))
         out["bras"] = float(_quiet(sm.bras, x[ok], labels[ok], batch[ok]))
     if x_pre is not None:
         codes = pd.Categorical(batch).codes.astype(np.int32)  # the patient as a categorical covariate
@@ -91,15 +99,19 @@ def batch_metrics(x: np.ndarray, batch: np.ndarray, labels: np.ndarray | None = 
     return out
 
 
-def bio_metrics(x: np.ndarray, labels: np.ndarray, batch: np.ndarray, cfg: AuditConfig = AuditConfig()) -> dict[str, float]:
-    """Silhouette label, cLISI, NMI/ARI of k-means clusters, isolated labels, on labelled spots."""
+def bio_metrics(x: np.ndarray, labels: np.ndarray, batch: np.ndarray, cfg: AuditConfig = AuditConfig(),
+                nn: Any = None) -> dict[str, float]:
+    """Silhouette label, cLISI, NMI/ARI of k-means clusters, isolated labels, on labelled spots (``nn``: their kNN
+    graph, when already built). The silhouettes and k-means are ``fast_metrics``' equivalents of scib-metrics'."""
     import scib_metrics as sm
 
-    out = {"silhouette_label": float(_quiet(sm.silhouette_label, x, labels)),
-           "clisi": float(_quiet(sm.clisi_knn, knn(x, cfg.n_neighbors), labels))}
-    nmi_ari = _quiet(sm.nmi_ari_cluster_labels_kmeans, x, labels)
-    out.update(nmi=float(nmi_ari["nmi"]), ari=float(nmi_ari["ari"]))
-    out["isolated_labels"] = float(_quiet(sm.isolated_labels, x, labels, batch))
+    from stguide.evaluate import fast_metrics as fm
+
+    sil = fm.silhouette_samples(x, labels)
+    out = {"silhouette_label": fm.silhouette_label(sil),
+           "clisi": float(_quiet(sm.clisi_knn, knn(x, cfg.n_neighbors) if nn is None else nn, labels))}
+    out.update(fm.nmi_ari_kmeans(x, labels))
+    out["isolated_labels"] = fm.isolated_labels(sil, labels, batch)
     return out
 
 
@@ -115,9 +127,10 @@ def audit(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.ndarray,
     rows = {}
     for name, x in reps.items():
         x = np.asarray(x, dtype=np.float32)[idx]
-        row = batch_metrics(x, batch[idx], lab, None if x_pre is None else np.asarray(x_pre, np.float32)[idx], cfg)
+        graphs: dict[str, Any] = {}  # one kNN graph of the labelled spots serves graph connectivity and cLISI
+        row = batch_metrics(x, batch[idx], lab, None if x_pre is None else np.asarray(x_pre, np.float32)[idx], cfg, graphs)
         if ok.sum() > cfg.n_neighbors and len(set(lab[ok])) > 1:
-            row.update(bio_metrics(x[ok], lab[ok].astype(str), batch[idx][ok], cfg))
+            row.update(bio_metrics(x[ok], lab[ok].astype(str), batch[idx][ok], cfg, graphs.get("labelled")))
         rows[name] = row
     cols = [c for c in (*BATCH_METRICS, *BIO_METRICS) if any(c in r for r in rows.values())]
     return pd.DataFrame.from_dict(rows, orient="index")[cols]
