@@ -29,7 +29,8 @@ class ContrastiveConfig(FromDict):
     only; 0 = off: the trunk runs each batch in equal micro-batches of at most this many patches, each checkpointed, so its
     activations are kept for one micro-batch at a time; the loss still sees the whole batch, every other spot a
     negative, and the gradients are the whole batch's except that BatchNorm normalises each micro-batch by its own
-    statistics, as across DDP processes without SyncBN).
+    statistics, as across DDP processes without SyncBN), ``compile`` (``trunk: full`` only: ``torch.compile`` of the
+    trunk, in place; ``true`` = the default backend (inductor), or a backend's name; off by default).
 
     Where training stops in the trunk: ``trunk`` is ``full`` (end-to-end on images, Lightning; today's default),
     ``frozen`` (the whole pretrained trunk is run once per patch and view and its pooled features cached; only the
@@ -73,6 +74,7 @@ class ContrastiveConfig(FromDict):
     trunk_blocks: int = 1
     grad_checkpointing: bool = False
     micro_batch: int = 0
+    compile: bool | str = False
     views: int = 8
     view_seed: int = 0
     objective: Literal["contrastive", "supervised"] = "contrastive"
@@ -104,6 +106,9 @@ class ContrastiveConfig(FromDict):
             raise ConfigError("grad_checkpointing", "gradient checkpointing saves memory in end-to-end training only "
                               f"(trunk: {self.trunk} trains no trunk activations it could recompute)",
                               "set grad_checkpointing: false, or trunk: full")
+        if self.trunk != "full" and self.compile:
+            raise ConfigError("compile", f"compiling speeds up the trunk in end-to-end training only (trunk: {self.trunk} "
+                              "trains a head on cached features)", "set compile: false, or trunk: full")
         if self.micro_batch < 0:
             raise ConfigError("micro_batch", f"must be ≥ 0, got {self.micro_batch}", "use 0 (off) or e.g. 16")
         if self.trunk != "full" and self.micro_batch:

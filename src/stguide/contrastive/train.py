@@ -63,6 +63,20 @@ def _grad_checkpointing(backbone: torch.nn.Module, name: str) -> None:
                           "set grad_checkpointing: false, or use a timm backbone that has set_grad_checkpointing") from None
 
 
+def _compile(backbone: torch.nn.Module, backend: bool | str) -> None:
+    """``torch.compile`` in place: the forward pass is compiled on first use; the state dict's keys are unchanged, so
+    checkpoints load into an uncompiled module."""
+    import torch._dynamo
+
+    name = "inductor" if backend is True else str(backend)
+    if name not in torch._dynamo.list_backends(exclude_tags=()):
+        from stguide.config import ConfigError
+
+        raise ConfigError("compile", f"{name!r} is not a torch.compile backend here",
+                          f"use true (inductor) or one of {', '.join(torch._dynamo.list_backends())}")
+    backbone.compile(backend=name)
+
+
 def build_module(cfg: ContrastiveConfig, store: PatchStore, gene_dim: int, gene_encoder: torch.nn.Module | None = None
                  ) -> tuple[ContrastiveModule, Any]:
     """The untrained module and the image transform for ``cfg``; the trunk in channels-last memory (faster
@@ -71,6 +85,8 @@ def build_module(cfg: ContrastiveConfig, store: PatchStore, gene_dim: int, gene_
     backbone = backbone.to(memory_format=torch.channels_last)
     if cfg.grad_checkpointing:
         _grad_checkpointing(backbone, cfg.backbone)
+    if cfg.compile:
+        _compile(backbone, cfg.compile)
     module = ContrastiveModule(backbone, _feature_dim(backbone, transform, store), gene_dim, get_loss(cfg.loss, **cfg.loss_kwargs),
                                gene_encoder=gene_encoder,
                                embed_dim=cfg.embed_dim, dropout=cfg.dropout, temperature=cfg.temperature,
@@ -118,11 +134,13 @@ def train_contrastive(
     perm = rng.permutation(len(rows))
     tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
     aug = Augment() if cfg.augment else None
+    gpu = torch.cuda.is_available()
+    loading: dict[str, Any] = dict(num_workers=cfg.num_workers, pin_memory=gpu, persistent_workers=cfg.num_workers > 0)
     gin = gene_inputs if cfg.finetune_gene_encoder else None
     ds_tr = PairDataset(store, rows[tr], latents[tr], y[tr], aug, cfg.seed, None if gin is None else gin[tr])
     drop_last = len(tr) > cfg.batch_size and len(tr) % cfg.batch_size < 2  # BatchNorm cannot train on one sample
     dl_tr = DataLoader(ds_tr, batch_size=cfg.batch_size, sampler=EpochSampler(len(tr), cfg.seed, ds_tr), drop_last=drop_last,
-                       num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+                       generator=torch.Generator().manual_seed(cfg.seed), **loading)
     dl_va = None
     # every epoch: the newest epoch's checkpoint replaces the previous one, and last.ckpt is refreshed
     # (save_top_k=0 would write last.ckpt only when training ends)
@@ -130,9 +148,8 @@ def train_contrastive(
                                        save_last=True, save_top_k=1, every_n_epochs=1)]
     if n_val:
         dl_va = DataLoader(PairDataset(store, rows[va], latents[va], y[va], None, cfg.seed, None if gin is None else gin[va]),
-                           batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+                           batch_size=cfg.batch_size, **loading)
         callbacks.append(EarlyStopping("val_loss", patience=cfg.patience))
-    gpu = torch.cuda.is_available()
     precision = ("bf16-mixed" if gpu else "32-true") if cfg.precision == "auto" else cfg.precision
     shown = training_progress(progress, f"contrastive {cfg.loss} ({len(tr)} spots)", cfg.epochs)
     callbacks += shown.pop("callbacks", [])
