@@ -261,26 +261,41 @@ def test_training_batches_travel_as_uint8_and_are_normalised_like_the_per_patch_
     assert module.images(feats) is feats  # cached features pass unchanged
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny):
-    """timm's checkpointing recomputes activations in the backward pass: the trunk's gradients are those of the
-    plain step (BatchNorm's running statistics, updated in the recomputation too, are not compared)."""
+def _one_step(tiny, n: int, frozen_bn: bool = False, **options):
+    """One seeded training step of a fresh module with ``options`` on the first ``n`` training spots (random gene
+    targets): the loss, every parameter's gradient, and the module. ``frozen_bn``: BatchNorm on its running
+    statistics, so that how the batch is split cannot change them."""
     from stguide.contrastive.module import total_loss
     from stguide.contrastive.train import build_module
 
     _, train, store = tiny
-    rows = store.indices(list(train.obs_names[:16]))
+    rows = store.indices(list(train.obs_names[:n]))
     x = torch.from_numpy(np.stack([store[int(r)] for r in rows]))
-    g = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
-    grads = []
-    for on in (False, True):
-        torch.manual_seed(0)
-        module, _ = build_module(ContrastiveConfig(**TINY, grad_checkpointing=on), store, 6)
-        module.train()
-        torch.manual_seed(1)  # the heads' dropout draws the same
-        total_loss(module.compute_losses((x, g, g, torch.full((16,), -1), torch.zeros(16, dtype=torch.long)))).backward()
-        grads.append({k: p.grad.clone() for k, p in module.backbone.named_parameters()})
-    for k, v in grads[0].items():
-        torch.testing.assert_close(grads[1][k], v, msg=k, rtol=1e-4, atol=1e-5)
+    g = torch.randn(n, 6, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    module, _ = build_module(ContrastiveConfig(**TINY, **options), store, 6)
+    module.train()
+    if frozen_bn:
+        for m in module.backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    torch.manual_seed(1)  # the heads' dropout draws the same
+    loss = total_loss(module.compute_losses((x, g, g, torch.full((n,), -1), torch.zeros(n, dtype=torch.long))))
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}, module
+
+
+def _assert_same_step(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    torch.testing.assert_close(b[0], a[0])
+    assert a[1].keys() == b[1].keys() and any(k.startswith("backbone.") for k in a[1])
+    for k, v in a[1].items():
+        torch.testing.assert_close(b[1][k], v, msg=k, rtol=rtol, atol=atol)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny):
+    """timm's checkpointing recomputes activations in the backward pass: the loss and gradients are those of the
+    plain step (BatchNorm's running statistics, updated in the recomputation too, are not compared)."""
+    _assert_same_step(_one_step(tiny, 16), _one_step(tiny, 16, grad_checkpointing=True))
     with pytest.raises(Exception, match="grad_checkpointing"):
         ContrastiveConfig(**TINY, trunk="frozen", grad_checkpointing=True)
 
@@ -289,30 +304,8 @@ def test_micro_batches_give_the_whole_batch_gradients(tiny):
     """``micro_batch`` runs the trunk in checkpointed micro-batches while the loss sees the whole batch: with
     BatchNorm on its running statistics (the one thing a micro-batch changes), every gradient is the plain step's,
     and the loss value too."""
-    from stguide.contrastive.module import total_loss
-    from stguide.contrastive.train import build_module
-
-    _, train, store = tiny
-    rows = store.indices(list(train.obs_names[:16]))
-    x = torch.from_numpy(np.stack([store[int(r)] for r in rows]))
-    g = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
-    grads, losses = [], []
-    for micro in (0, 5):  # 5: four micro-batches of 4
-        torch.manual_seed(0)
-        module, _ = build_module(ContrastiveConfig(**TINY, micro_batch=micro), store, 6)
-        module.train()
-        for m in module.backbone.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        torch.manual_seed(1)  # the heads' dropout draws the same
-        loss = total_loss(module.compute_losses((x, g, g, torch.full((16,), -1), torch.zeros(16, dtype=torch.long))))
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append({k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None})
-    torch.testing.assert_close(losses[1], losses[0])
-    assert grads[0].keys() == grads[1].keys() and any(k.startswith("backbone.") for k in grads[0])
-    for k, v in grads[0].items():
-        torch.testing.assert_close(grads[1][k], v, msg=k, rtol=1e-4, atol=1e-5)
+    # micro_batch 5: four micro-batches of 4
+    _assert_same_step(_one_step(tiny, 16, frozen_bn=True), _one_step(tiny, 16, frozen_bn=True, micro_batch=5))
     with pytest.raises(Exception, match="micro_batch"):
         ContrastiveConfig(**TINY, trunk="frozen", micro_batch=8)
 
@@ -322,28 +315,13 @@ def test_compiled_trunk_gives_the_eager_loss_gradients_and_checkpoint_keys(tiny)
     the same state-dict keys, so its checkpoints load where an uncompiled module is built (``stguide predict``).
     The test uses the ``aot_eager`` backend (dynamo's graph capture and AOT autograd, no C++ code generation, which
     takes minutes on 2 cores); ``true`` picks inductor."""
-    from stguide.contrastive.module import total_loss
     from stguide.contrastive.train import build_module
 
-    _, train, store = tiny
-    rows = store.indices(list(train.obs_names[:8]))
-    x = torch.from_numpy(np.stack([store[int(r)] for r in rows]))
-    g = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
-    out = []
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        module, _ = build_module(ContrastiveConfig(**TINY, compile=compiled and "aot_eager"), store, 6)
-        module.train()
-        torch.manual_seed(1)
-        loss = total_loss(module.compute_losses((x, g, g, torch.full((8,), -1), torch.zeros(8, dtype=torch.long))))
-        loss.backward()
-        out.append((loss.detach(), {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None},
-                    list(module.state_dict())))
-    assert out[1][2] == out[0][2] and not any("_orig_mod" in k for k in out[1][2])
-    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-4, atol=1e-5)
-    for k, v in out[0][1].items():
-        torch.testing.assert_close(out[1][1][k], v, msg=k, rtol=1e-3, atol=1e-4)
+    eager, compiled = _one_step(tiny, 8), _one_step(tiny, 8, compile="aot_eager")
+    _assert_same_step(eager, compiled, rtol=1e-3, atol=1e-4)
+    assert list(compiled[2].state_dict()) == list(eager[2].state_dict())
+    assert not any("_orig_mod" in k for k in compiled[2].state_dict())
     with pytest.raises(Exception, match="compile"):
         ContrastiveConfig(**TINY, trunk="frozen", compile=True)
     with pytest.raises(Exception, match="not a torch.compile backend"):
-        build_module(ContrastiveConfig(**TINY, compile="no-such-backend"), store, 6)
+        build_module(ContrastiveConfig(**TINY, compile="no-such-backend"), tiny[2], 6)
