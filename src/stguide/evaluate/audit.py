@@ -74,24 +74,19 @@ def _quiet(f, *a, **kw) -> Any:
 
 
 def batch_metrics(x: np.ndarray, batch: np.ndarray, labels: np.ndarray | None = None, x_pre: np.ndarray | None = None,
-                  cfg: AuditConfig = AuditConfig(), graphs: dict[str, Any] | None = None) -> dict[str, float]:
-    """iLISI, kBET, BRAS, PCR comparison (vs ``x_pre``) and graph connectivity (needs ``labels``).
-
-    ``graphs``: kNN graphs already built (``"all"``: every spot; ``"labelled"``: the labelled spots), reused instead
-    of building them again; the ones built here are added to it."""
+                  cfg: AuditConfig = AuditConfig(), nn: Any = None, nn_labelled: Any = None) -> dict[str, float]:
+    """iLISI, kBET, BRAS, PCR comparison (vs ``x_pre``) and graph connectivity (needs ``labels``). ``nn``,
+    ``nn_labelled``: the kNN graphs of every spot and of the labelled spots, when already built."""
     import scib_metrics as sm
 
-    graphs = {} if graphs is None else graphs
-    if "all" not in graphs:
-        graphs["all"] = knn(x, cfg.n_neighbors)
-    nn = graphs["all"]
+    nn = knn(x, cfg.n_neighbors) if nn is None else nn
     kbet = _quiet(sm.kbet, nn, batch)  # (acceptance rate, mean statistic, mean p-value)
     out = {"ilisi": float(_quiet(sm.ilisi_knn, nn, batch)), "kbet": float(kbet[0] if isinstance(kbet, tuple) else kbet)}
     if labels is not None:
         ok = pd.notna(labels)
-        if "labelled" not in graphs:
-            graphs["labelled"] = nn if ok.all() else knn(x[ok], cfg.n_neighbors)
-        out["graph_connectivity"] = float(_quiet(sm.graph_connectivity, graphs["labelled"], labels[ok]))
+        if nn_labelled is None:
+            nn_labelled = nn if ok.all() else knn(x[ok], cfg.n_neighbors)
+        out["graph_connectivity"] = float(_quiet(sm.graph_connectivity, nn_labelled, labels[ok]))
         out["bras"] = float(_quiet(sm.bras, x[ok], labels[ok], batch[ok]))
     if x_pre is not None:
         codes = pd.Categorical(batch).codes.astype(np.int32)  # the patient as a categorical covariate
@@ -127,10 +122,12 @@ def audit(reps: Mapping[str, np.ndarray], batch: np.ndarray, labels: np.ndarray,
     rows = {}
     for name, x in reps.items():
         x = np.asarray(x, dtype=np.float32)[idx]
-        graphs: dict[str, Any] = {}  # one kNN graph of the labelled spots serves graph connectivity and cLISI
-        row = batch_metrics(x, batch[idx], lab, None if x_pre is None else np.asarray(x_pre, np.float32)[idx], cfg, graphs)
+        nn = knn(x, cfg.n_neighbors)
+        nn_labelled = nn if ok.all() else knn(x[ok], cfg.n_neighbors)  # serves graph connectivity and cLISI
+        row = batch_metrics(x, batch[idx], lab, None if x_pre is None else np.asarray(x_pre, np.float32)[idx], cfg,
+                            nn, nn_labelled)
         if ok.sum() > cfg.n_neighbors and len(set(lab[ok])) > 1:
-            row.update(bio_metrics(x[ok], lab[ok].astype(str), batch[idx][ok], cfg, graphs.get("labelled")))
+            row.update(bio_metrics(x[ok], lab[ok].astype(str), batch[idx][ok], cfg, nn_labelled))
         rows[name] = row
     cols = [c for c in (*BATCH_METRICS, *BIO_METRICS) if any(c in r for r in rows.values())]
     return pd.DataFrame.from_dict(rows, orient="index")[cols]
