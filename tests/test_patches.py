@@ -39,6 +39,21 @@ def test_same_physical_field_at_different_resolutions(tmp_path):
     assert 7 <= np.abs(np.diff(profile)).sum() <= 9  # 160 µm / 20 µm half-period = 8 transitions
 
 
+
+def test_a_patch_is_pillows_antialiased_resize_of_its_field(tmp_path):
+    """The cut uses torch's uint8 kernel of Pillow's antialiased bilinear filter: away from the patch's border
+    (where Pillow reads past the field's edge and the cut does not) it is Pillow's resize to within one grey level."""
+    from pathlib import Path
+
+    from stguide.data.images import Level
+
+    img = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    level = Level(Path("x"), 2.0, (1200, 1200), array=img)  # level pixels are 2 full-resolution pixels
+    patch, outside = level.cut(600.4, 599.8, 400.0, 224)  # corner 100.2, 99.9 level px: rounds to 100, 100
+    want = np.asarray(Image.fromarray(img).resize((224, 224), Image.Resampling.BILINEAR, box=(100, 100, 500, 500)))
+    assert outside == 0.0 and patch.shape == (224, 224, 3) and patch.dtype == np.uint8
+    assert np.abs(patch.astype(int) - want)[1:-1, 1:-1].max() <= 1
+
 def test_cache_reused_and_invalidated(tmp_path):
     a = _dataset(tmp_path)
     s1 = extract_patches(a, PatchConfig(160, 32), tmp_path / "c", progress=False)

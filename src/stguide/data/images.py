@@ -2,8 +2,8 @@
 
 * JPEG (and other Pillow formats): Pillow's ``draft`` decodes JPEG at 1/2, 1/4 or 1/8 scale.
 * TIFF: the coarsest pyramid level that is not coarser than needed; a tiled TIFF without a pyramid is streamed in
-  strips of tiles and reduced on the fly, so the full-resolution image is never held in memory. A large level is
-  decoded band by band on a thread while the patches of the bands already decoded are cut (:class:`Bands`).
+  strips of tiles and reduced on the fly, so the full-resolution image is never held in memory. A tiled level's
+  tiles decode on all cores.
 * Whole-slide formats (``.svs``, ``.ndpi``, ``.mrxs``, ...): OpenSlide, reading regions from the best level.
 
 All coordinates given to a :class:`Level` are full-resolution pixels.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
+import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,54 +82,34 @@ def image_size(path: str | PathLike) -> tuple[int, int]:
             return im.size
 
 
-class Bands:
-    """Decodes a tiled or stripped uint8 TIFF level into ``out`` one band of stored rows at a time, on a thread of its
-    own: a reader of rows ``[y0, y1)`` waits (:meth:`wait`) only until the bands that hold them are in, so cutting the
-    first patches overlaps decoding the rest (tifffile decodes a whole level on one thread on a 2-core machine)."""
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch's intra-op threads set to one for the block (restored after): for callers that resample on threads of
+    their own."""
+    import torch
 
-    def __init__(self, path: Path, level: int, axes: str, out: np.ndarray) -> None:
-        self.path, self.out, self.rows = path, out, 0
-        self.error: Exception | None = None
-        self._stop = False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, args=(level, axes), name=f"decode {path.name}", daemon=True)
-        self._thread.start()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
-    def _run(self, level: int, axes: str) -> None:
-        import tifffile
-        import zarr
 
-        store = None
-        try:
-            store = tifffile.imread(self.path, aszarr=True, level=level)  # its own file handle
-            z = zarr.open_array(store, mode="r")
-            h, band = self.out.shape[0], int(z.chunks[0])
-            for y in range(0, h, band):
-                if self._stop:
-                    return
-                y1 = min(y + band, h)
-                self.out[y:y1] = _to_rgb(np.asarray(z[y:y1]), axes)
-                with self._cond:
-                    self.rows = y1
-                    self._cond.notify_all()
-        except Exception as e:  # noqa: BLE001 - handed to the reader, who raises it with the file's name
-            with self._cond:
-                self.error = e
-                self._cond.notify_all()
-        finally:
-            if store is not None:
-                store.close()
+def resample(region: np.ndarray, factor: float, out_px: int) -> np.ndarray:
+    """The top-left ``out_px`` × ``out_px`` of ``region`` (H × W × 3 uint8) scaled by ``factor``, with the
+    antialiased bilinear filter Pillow's ``resize`` uses (torch's uint8 kernel of it: the same filter to within one
+    grey level, several times faster, and it releases the GIL, so the cutting threads run in parallel)."""
+    import torch  # here, so that reading data does not load torch until a patch is cut
+    import torch.nn.functional as F
 
-    def wait(self, y1: int) -> None:
-        """Block until rows ``[0, y1)`` are decoded; a decoding error is raised here, naming the file."""
-        with self._cond:
-            self._cond.wait_for(lambda: self.rows >= y1 or self.error is not None)
-        if self.error is not None:
-            raise _unreadable(self.path, self.error)
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join()
+    if not region.flags.writeable:  # e.g. a Pillow crop; torch wraps only writeable memory without a warning
+        region = region.copy()
+    # channels last and contiguous in, as the fast uint8 kernel wants; then the result is channels last too, so the
+    # patch below is a view of it in H × W × 3 order (no transposing copy)
+    x = torch.from_numpy(region).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+    out = F.interpolate(x, scale_factor=factor, mode="bilinear", antialias=True, recompute_scale_factor=False)
+    return out[0, :, :out_px, :out_px].permute(1, 2, 0).numpy()
 
 
 @dataclass
@@ -149,7 +129,6 @@ class Level:
     pil: Any = None  # a decoded Pillow image (JPEG/PNG)
     chunk_cache: OrderedDict | None = None  # decoded tiles of a lazy level, least recently used first
     chunk_cache_cap: int = 0
-    bands: Bands | None = None  # ``array`` is still being decoded, band by band
 
     @property
     def size(self) -> tuple[int, int]:
@@ -165,8 +144,6 @@ class Level:
     def _read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Level pixels [y0:y1, x0:x1], already clipped to the level."""
         if self.array is not None:
-            if self.bands is not None:
-                self.bands.wait(y1)
             return self.array[y0:y1, x0:x1]
         if self.pil is not None:
             return np.asarray(self.pil.crop((x0, y0, x1, y1)))
@@ -216,28 +193,27 @@ class Level:
     def cut(self, cx: float, cy: float, half: float, out_px: int, fill: int = 255) -> tuple[np.ndarray, float]:
         """A square of side ``2*half`` full-res px around (cx, cy), resampled to ``out_px``.
 
-        Returns the uint8 patch and the fraction of its field of view that lies outside the image (padded with
-        ``fill``).
+        The square starts at the level pixel nearest its exact corner (at most half a level pixel off, i.e. a
+        fraction of a µm at the levels patches are read from) and keeps its exact physical side. Returns the uint8
+        patch and the fraction of its field of view that lies outside the image (padded with ``fill``).
         """
         s = self.scale
-        bx0, by0, bx1, by1 = (cx - half) / s, (cy - half) / s, (cx + half) / s, (cy + half) / s
-        ix0, iy0, ix1, iy1 = math.floor(bx0), math.floor(by0), math.ceil(bx1), math.ceil(by1)
+        side = 2 * half / s  # level px, fractional
+        x0, y0 = math.floor((cx - half) / s + 0.5), math.floor((cy - half) / s + 0.5)
+        n = math.floor(side) + 1  # one pixel more than the side: the resample never runs short of input
         w, h = self.size
-        cx0, cy0, cx1, cy1 = max(ix0, 0), max(iy0, 0), min(ix1, w), min(iy1, h)
-        canvas = np.full((iy1 - iy0, ix1 - ix0, 3), fill, dtype=np.uint8)
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + n, w), min(y0 + n, h)
         inside = 0.0
-        if cx1 > cx0 and cy1 > cy0:
-            canvas[cy0 - iy0 : cy1 - iy0, cx0 - ix0 : cx1 - ix0] = self._read(cx0, cy0, cx1, cy1)
-            inside = (min(bx1, w) - max(bx0, 0)) * (min(by1, h) - max(by0, 0))
-            inside = max(inside, 0.0) / ((bx1 - bx0) * (by1 - by0))
-        patch = Image.fromarray(canvas).resize(
-            (out_px, out_px), Image.Resampling.BILINEAR, box=(bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0)
-        )
-        return np.asarray(patch, dtype=np.uint8), float(1.0 - min(inside, 1.0))
+        if cx1 - cx0 == n and cy1 - cy0 == n:
+            region, inside = self._read(cx0, cy0, cx1, cy1), 1.0
+        else:
+            region = np.full((n, n, 3), fill, dtype=np.uint8)
+            if cx1 > cx0 and cy1 > cy0:
+                region[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self._read(cx0, cy0, cx1, cy1)
+                inside = max(min(x0 + side, w) - cx0, 0.0) * max(min(y0 + side, h) - cy0, 0.0) / side**2
+        return resample(region, out_px / side, out_px), float(1.0 - min(inside, 1.0))
 
     def close(self) -> None:
-        if self.bands is not None:
-            self.bands.close()
         if self.pil is not None:
             self.pil.close()
         if self.slide is not None:
@@ -297,12 +273,7 @@ def _tiff_level(path: Path, downsample: float) -> Level:
         if factor >= 2 and getattr(page, "is_tiled", False) and best.axes.startswith("YX"):
             arr = _stream_reduce(best, factor)
             return Level(path, full[0] / arr.shape[1], full, array=arr)
-        rows = int(getattr(page, "tilelength" if getattr(page, "is_tiled", False) else "rowsperstrip", 0) or 0)
-        if best.dtype == np.uint8 and best.axes in ("YXS", "YX") and 0 < rows and 2 * rows < best.shape[0] \
-                and (best.axes == "YX" or best.shape[2] in (3, 4)):
-            out = np.empty((best.shape[0], best.shape[1], 3), np.uint8)
-            return Level(path, full[0] / out.shape[1], full, array=out, bands=Bands(path, index, best.axes, out))
-        arr = best.asarray()
+        arr = best.asarray(maxworkers=os.cpu_count())  # tiles decode on all cores (tifffile's default: half)
     arr = _to_rgb(arr, best.axes)
     return Level(path, full[0] / arr.shape[1], full, array=arr)
 

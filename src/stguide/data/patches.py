@@ -8,7 +8,6 @@ extraction option; a re-run with the same inputs reuses the cache, any change wr
 from __future__ import annotations
 
 import os
-import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from os import PathLike
@@ -19,14 +18,14 @@ import anndata as ad
 import numpy as np
 
 from stguide.config import ConfigError, FromDict
-from stguide.data.images import open_level
+from stguide.data.images import one_torch_thread, open_level
 from stguide.data.model import section_info
 from stguide.data.stain import apply_macenko, fit_macenko
 from stguide.errors import InputError
 from stguide.io import atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
 from stguide.progress import read_ahead, track
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: patches resampled by torch's uint8 kernel from the nearest level pixel (images.resample)
 
 
 @dataclass(frozen=True)
@@ -159,29 +158,18 @@ def _fingerprint(adata: ad.AnnData, cfg: PatchConfig, sections: list[str]) -> st
 
 
 def _cut_all(level, sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, half_px: float, out_px: int, arr: np.ndarray | ShardedArray,
-             outside: np.ndarray, pool: ThreadPoolExecutor, n: int) -> None:
-    """Cut the patches of spots ``sel`` (centres ``xs``, ``ys``) from an in-memory or OpenSlide level into ``arr``,
-    spread over ``n`` threads of ``pool`` (each writes its own rows), top to bottom: a level still being decoded
-    band by band (``images.Bands``) serves the first patches while the rest decode. The decode is the critical path
-    then, so until it is done the cutting keeps to one thread fewer than the cores (at least one)."""
-    parts: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
-    for part in np.array_split(np.argsort(ys, kind="stable"), max(1, min(len(sel), 32))):
-        parts.put(part)
-    early = max(1, min(n, (os.cpu_count() or 1) - 1)) if level.bands is not None else n
+             outside: np.ndarray, pool: ThreadPoolExecutor) -> None:
+    """Cut the patches of spots ``sel`` (centres ``xs``, ``ys``) from a level into ``arr``, spread over the threads
+    of ``pool`` (each writes its own rows), top to bottom (a lazily read level's tiles then serve neighbours)."""
+    parts = np.array_split(np.argsort(ys, kind="stable"), max(1, min(len(sel), 32)))
 
-    def cutter(i: int) -> None:
-        if i >= early:
-            level.bands.wait(level.bands.out.shape[0])  # join once the whole level is in
-        while True:
-            try:
-                part = parts.get_nowait()
-            except queue.Empty:
-                return
-            for k in part:
-                arr[sel[k]], outside[sel[k]] = level.cut(xs[k], ys[k], half_px, out_px)
+    def cutter(part: np.ndarray) -> None:
+        for k in part:
+            arr[sel[k]], outside[sel[k]] = level.cut(xs[k], ys[k], half_px, out_px)
 
-    for done in [pool.submit(cutter, i) for i in range(n)]:
-        done.result()
+    with one_torch_thread():  # the threads are the parallelism; torch's own per resample would oversubscribe
+        for done in [pool.submit(cutter, part) for part in parts]:
+            done.result()
 
 
 def extract_patches(
@@ -239,8 +227,7 @@ def extract_patches(
 
         # the next section's image is decoded while this one's patches are cut
         images = read_ahead(sections, opened, discard=lambda opened_image: opened_image[0].close())
-        n_cutters = min(4, os.cpu_count() or 1)
-        cutters = ThreadPoolExecutor(n_cutters)  # Pillow's crop and resize release the GIL
+        cutters = ThreadPoolExecutor(min(4, os.cpu_count() or 1))  # the crops and resamples release the GIL
         try:
             for s, (level, image, um_per_px) in track(images, f"cutting {cfg.size_um:g} µm patches", enabled=progress,
                                                       total=len(sections)):
@@ -256,7 +243,7 @@ def extract_patches(
                                          f"{int(off.sum())} spot centre(s) of section {s} lie outside the {w}×{h} px image "
                                          f"(e.g. {names[sel][off][:3].tolist()})",
                                          "check that positions are full-resolution pixels of this image")
-                    _cut_all(level, sel, xs, ys, half_px, cfg.out_px, arr, outside_frac, cutters, n_cutters)
+                    _cut_all(level, sel, xs, ys, half_px, cfg.out_px, arr, outside_frac, cutters)
                     bad = outside_frac[sel] > 0
                     if bad.any() and cfg.outside == "raise":
                         raise InputError(image,
