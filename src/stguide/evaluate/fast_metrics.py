@@ -33,13 +33,13 @@ def silhouette_samples(x: np.ndarray, labels: np.ndarray, chunk: int = 512) -> n
     out = np.empty(len(x))
     for s in range(0, len(x), chunk):
         e = min(s + chunk, len(x))
+        rows = np.arange(e - s)
         d = sq[s:e, None] + sq[None, :] - 2.0 * (x[s:e] @ x.T)
         np.maximum(d, 0.0, out=d)
         np.sqrt(d, out=d)
-        d[np.arange(e - s), np.arange(s, e)] = 0.0  # a spot's distance to itself, exactly
+        d[rows, rows + s] = 0.0  # a spot's distance to itself, exactly
         per_label = d @ onehot  # (chunk, k): summed distance to each label's spots
         own = codes[s:e]
-        rows = np.arange(e - s)
         per_label = per_label.astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             intra = per_label[rows, own] / (freq[own] - 1)
@@ -64,14 +64,16 @@ def isolated_labels(sil: np.ndarray, labels: np.ndarray, batch: np.ndarray) -> f
     return float(pd.Series({lab: np.mean(scaled[labels == lab]) for lab in iso}, dtype=float).mean())
 
 
-def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    d = np.einsum("ij,ij->i", x, x)[:, None] + np.einsum("ij,ij->i", c, c)[None, :] - 2.0 * (x @ c.T)
+def _sq_dists(x: np.ndarray, x_sq: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared distances of the rows of ``x`` (their squared norms ``x_sq``) to the rows of ``c``."""
+    d = x_sq[:, None] + np.einsum("ij,ij->i", c, c)[None, :] - 2.0 * (x @ c.T)
     return np.maximum(d, 0.0)
 
 
 def kmeans_labels(x: np.ndarray, n_clusters: int, seed: int = 0, max_iter: int = 300, tol: float = 1e-4) -> np.ndarray:
     """The cluster labels ``scib_metrics.utils.KMeans(n_clusters, seed=seed).fit(x).labels_`` gives."""
     import jax
+    import scipy.sparse as sp
     from scib_metrics.utils._kmeans import _initialize_plus_plus
 
     X = np.array(x, dtype=np.float32, order="C")
@@ -80,21 +82,21 @@ def kmeans_labels(x: np.ndarray, n_clusters: int, seed: int = 0, max_iter: int =
     key = jax.random.split(jax.random.PRNGKey(seed), 1)[0]  # the library maps its fit over split(seed, n_init)
     centroids = np.asarray(_initialize_plus_plus(X, n_clusters, key), dtype=np.float64)
     X64 = X.astype(np.float64)
+    x_sq, rows, ones = np.einsum("ij,ij->i", X64, X64), np.arange(len(X64)), np.ones(len(X64))
     old_inertia, n_iter, last = np.inf, 0, None
     while True:
-        d = _sq_dists(X64, centroids)
+        d = _sq_dists(X64, x_sq, centroids)
         labels = d.argmin(axis=1)
-        inertia = float(d.min(axis=1).sum())
+        inertia = float(d[rows, labels].sum())
         if last is not None and np.array_equal(labels, last):
             return labels  # a fixed point: every further step repeats it
-        onehot = np.zeros((len(X64), n_clusters))
-        onehot[np.arange(len(X64)), labels] = 1.0
-        counts = np.maximum(onehot.sum(axis=0), 1.0)
-        centroids = (onehot.T @ X64) / counts[:, None]  # an empty cluster's centroid is 0, as the library's
+        members = sp.csr_matrix((ones, (labels, rows)), shape=(n_clusters, len(X64)))
+        counts = np.maximum(np.bincount(labels, minlength=n_clusters), 1)
+        centroids = (members @ X64) / counts[:, None]  # an empty cluster's centroid is 0, as the library's
         n_iter += 1
         changed = abs(old_inertia - inertia) > tol if np.isfinite(old_inertia) else False
         if not (changed or n_iter < max_iter):
-            return _sq_dists(X64, centroids).argmin(axis=1)
+            return _sq_dists(X64, x_sq, centroids).argmin(axis=1)
         old_inertia, last = inertia, labels
 
 
