@@ -202,6 +202,20 @@ def test_bad_stage1_settings_name_the_key(change, key):
         GeneConfig.from_dict(change)
 
 
+
+def test_sysvi_declares_how_it_embeds_an_unseen_patient(split):
+    """SysVI's encoder takes the patient and scvi-tools cannot scArches a new one into it: an unseen patient is
+    the mean of its encodings under the training patients, the leakage audit says so, and asking for scArches
+    warns instead of being dropped silently."""
+    train, full = split
+    cfg = dict(scvi={"max_epochs": 2, "n_latent": 4, "encode_covariates": True, "query": "scarches"}, n_top_genes=50)
+    with pytest.warns(UserWarning, match="not available for SysVI"):
+        enc = get_encoder("sysvi", **cfg).fit(train, progress=False)
+    assert enc.query_mapping()["method"] == "mean-over-training-patients"
+    held = (full.obs["patient"] == "P3").to_numpy()
+    z = enc.transform(full)
+    np.testing.assert_allclose(z[held], enc._mean_over_batches(full[held][:, enc.genes]), rtol=1e-5, atol=1e-6)
+
 @pytest.mark.parametrize("name", ["scvi", "scanvi"])
 def test_scarches_query_never_reads_the_held_out_labels(name, split):
     """scArches mapping of an unseen patient (encoder sees the patient, reference frozen, the new patient's

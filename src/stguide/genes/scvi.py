@@ -321,7 +321,8 @@ class SysVIEncoder(SCVIEncoder):
 
     SysVI's encoder is conditioned on the batch, so it is not batch-agnostic by construction: a spot of a training
     patient is encoded under its own patient; a spot of an unseen patient is encoded under every training patient
-    and the posterior means are averaged (a documented choice; it uses no fit on the unseen patient).
+    and the posterior means are averaged (a documented choice; it uses no fit on the unseen patient, and scArches
+    is not an option: scvi-tools' ``SysVI.load_query_data`` refuses a batch absent from the reference).
     """
 
     name = "sysvi"
@@ -350,6 +351,20 @@ class SysVIEncoder(SCVIEncoder):
                              **kw.get("plan_kwargs", {})}
         return kw
 
+    def query_mapping(self) -> dict[str, Any]:
+        return {"labels_used": False, "method": "mean-over-training-patients",
+                "note": "the unseen patient's spots encoded under every training patient and the posterior means "
+                        "averaged; scArches is not available for SysVI (scvi-tools' SysVI.load_query_data refuses a "
+                        "batch absent from the reference)"}
+
+    def _fit(self, adata: ad.AnnData, batch_key: str, labels: np.ndarray | None) -> None:
+        if self.config.scvi.query == "scarches":  # said here: the transform runs with warnings silenced
+            warnings.warn("sysvi: scvi.query 'scarches' is not available for SysVI (scvi-tools' load_query_data refuses a "
+                          "new batch); an unseen patient's spots will be encoded under every training patient and "
+                          "averaged", UserWarning, stacklevel=3)
+        super()._fit(adata, batch_key, labels)
+
     def _unseen(self, adata: ad.AnnData, batch: str) -> np.ndarray:
-        """SysVI has no query mapping here: an unseen patient is encoded under every training patient, averaged."""
+        """An unseen patient is encoded under every training patient, averaged (whatever ``scvi.query`` says:
+        scvi-tools' SysVI cannot map a new batch by scArches; :meth:`_fit` warns when it was asked for)."""
         return self._mean_over_batches(adata)
