@@ -24,7 +24,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import patch_extraction as pe  # noqa: E402 - the slide and its spots, shared with the extraction benchmark
 from stguide.data.images import one_torch_thread, open_level, resample  # noqa: E402
-from stguide.data.patches import _cut_all  # noqa: E402
+from stguide.data.model import section_info  # noqa: E402
+from stguide.data.patches import CUTTERS, _cut_all  # noqa: E402
 
 
 def main() -> None:
@@ -33,14 +34,14 @@ def main() -> None:
     ap.add_argument("--out-px", type=int, default=224)
     args = ap.parse_args()
     adata = pe._slide_dataset(Path(pe.SLIDE))
-    um = 0.25
+    um = section_info(adata, adata.obs["section"].cat.categories[0]).imaging()[1]  # the slide's µm/px
     t = time.perf_counter()
     level = open_level(pe.SLIDE, downsample=args.size_um / um / args.out_px)
     decode = time.perf_counter() - t
     xs, ys = adata.obs["x_px"].to_numpy(float), adata.obs["y_px"].to_numpy(float)
     half = args.size_um / um / 2
     outside = np.zeros(len(xs))
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(4) as pool:
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(CUTTERS) as pool:
         arr = np.lib.format.open_memmap(Path(tmp) / "p.npy", mode="w+", dtype=np.uint8,
                                         shape=(len(xs), args.out_px, args.out_px, 3))
         t = time.perf_counter()

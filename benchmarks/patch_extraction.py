@@ -151,7 +151,7 @@ def child(args: argparse.Namespace) -> None:
 
     adata = dataset(args.dataset, args.realdata, Path(args.work))
     import torch  # noqa: F401 - loaded before the clock in every way: ours resamples with it, and every stguide run
-    # that trains has it loaded anyway (its import, ~1.7 s here, is not the extraction's cost)
+    # that trains has it loaded anyway (its import is not the extraction's cost)
     t = time.perf_counter()
     n = {"floor": floor, "ours": ours, "bleep": bleep}[args.mode](adata, args.size_um, args.out_px)
     s = time.perf_counter() - t

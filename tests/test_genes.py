@@ -202,7 +202,6 @@ def test_bad_stage1_settings_name_the_key(change, key):
         GeneConfig.from_dict(change)
 
 
-
 def test_sysvi_declares_how_it_embeds_an_unseen_patient(split):
     """SysVI's encoder takes the patient and scvi-tools cannot scArches a new one into it: an unseen patient is
     the mean of its encodings under the training patients, the leakage audit says so, and asking for scArches
@@ -215,6 +214,7 @@ def test_sysvi_declares_how_it_embeds_an_unseen_patient(split):
     held = (full.obs["patient"] == "P3").to_numpy()
     z = enc.transform(full)
     np.testing.assert_allclose(z[held], enc._mean_over_batches(full[held][:, enc.genes]), rtol=1e-5, atol=1e-6)
+
 
 @pytest.mark.parametrize("name", ["scvi", "scanvi"])
 def test_scarches_query_never_reads_the_held_out_labels(name, split):

@@ -39,7 +39,6 @@ def test_same_physical_field_at_different_resolutions(tmp_path):
     assert 7 <= np.abs(np.diff(profile)).sum() <= 9  # 160 µm / 20 µm half-period = 8 transitions
 
 
-
 def test_a_patch_is_pillows_antialiased_resize_of_its_field(tmp_path):
     """The cut uses torch's uint8 kernel of Pillow's antialiased bilinear filter: away from the patch's border
     (where Pillow reads past the field's edge and the cut does not) it is Pillow's resize to within one grey level."""
@@ -53,6 +52,7 @@ def test_a_patch_is_pillows_antialiased_resize_of_its_field(tmp_path):
     want = np.asarray(Image.fromarray(img).resize((224, 224), Image.Resampling.BILINEAR, box=(100, 100, 500, 500)))
     assert outside == 0.0 and patch.shape == (224, 224, 3) and patch.dtype == np.uint8
     assert np.abs(patch.astype(int) - want)[1:-1, 1:-1].max() <= 1
+
 
 def test_cache_reused_and_invalidated(tmp_path):
     a = _dataset(tmp_path)

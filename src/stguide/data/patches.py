@@ -26,6 +26,7 @@ from stguide.io import atomic_path, file_digest, fingerprint, open_cached_array,
 from stguide.progress import read_ahead, track
 
 CACHE_VERSION = 2  # 2: patches resampled by torch's uint8 kernel from the nearest level pixel (images.resample)
+CUTTERS = min(4, os.cpu_count() or 1)  # threads that cut a section's patches (the crops and resamples release the GIL)
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def extract_patches(
 
         # the next section's image is decoded while this one's patches are cut
         images = read_ahead(sections, opened, discard=lambda opened_image: opened_image[0].close())
-        cutters = ThreadPoolExecutor(min(4, os.cpu_count() or 1))  # the crops and resamples release the GIL
+        cutters = ThreadPoolExecutor(CUTTERS)
         try:
             for s, (level, image, um_per_px) in track(images, f"cutting {cfg.size_um:g} µm patches", enabled=progress,
                                                       total=len(sections)):
