@@ -129,6 +129,8 @@ class Level:
     pil: Any = None  # a decoded Pillow image (JPEG/PNG)
     chunk_cache: OrderedDict | None = None  # decoded tiles of a lazy level, least recently used first
     chunk_cache_cap: int = 0
+    tiles: np.ndarray | None = None  # for an array decoded in part: which of its tiles hold the image
+    tile_shape: tuple[int, int] = (0, 0)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -144,6 +146,11 @@ class Level:
     def _read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Level pixels [y0:y1, x0:x1], already clipped to the level."""
         if self.array is not None:
+            if self.tiles is not None:
+                th, tw = self.tile_shape
+                if not self.tiles[y0 // th : (y1 - 1) // th + 1, x0 // tw : (x1 - 1) // tw + 1].all():
+                    raise RuntimeError(f"{self.path}: level region ({x0}, {y0})-({x1}, {y1}) lies outside the fields "
+                                       "it was opened for")
             return self.array[y0:y1, x0:x1]
         if self.pil is not None:
             return np.asarray(self.pil.crop((x0, y0, x1, y1)))
@@ -262,7 +269,7 @@ def _tiff_lazy_level(path: Path, downsample: float) -> Level:
     return Level(path, best_ds, full, lazy=z, lazy_axes=axes, store=store)
 
 
-def _tiff_level(path: Path, downsample: float) -> Level:
+def _tiff_level(path: Path, downsample: float, fields: np.ndarray | None = None) -> Level:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
@@ -270,12 +277,61 @@ def _tiff_level(path: Path, downsample: float) -> Level:
         best = tf.series[0].levels[index]
         page = best.keyframe if hasattr(best, "keyframe") else best.pages[0]
         factor = int(downsample / best_ds)
-        if factor >= 2 and getattr(page, "is_tiled", False) and best.axes.startswith("YX"):
+        tiled = getattr(page, "is_tiled", False)
+        if factor >= 2 and tiled and best.axes.startswith("YX"):
             arr = _stream_reduce(best, factor)
             return Level(path, full[0] / arr.shape[1], full, array=arr)
+        if fields is not None and tiled and best.axes in ("YX", "YXS") and len(best.pages) == 1 and best.dtype == np.uint8:
+            arr, needed, tile = _decode_tiles(best.pages[0], fields, best_ds)
+            return Level(path, best_ds, full, array=_to_rgb(arr, best.axes), tiles=needed, tile_shape=tile)
         arr = best.asarray(maxworkers=os.cpu_count())  # tiles decode on all cores (tifffile's default: half)
     arr = _to_rgb(arr, best.axes)
     return Level(path, full[0] / arr.shape[1], full, array=arr)
+
+
+def _needed_tiles(fields: np.ndarray, scale: float, shape: tuple[int, int], tile: tuple[int, int]) -> np.ndarray:
+    """Which tiles of a level (``shape`` px in tiles of ``tile`` px) the full-resolution boxes ``fields``
+    (x0, y0, x1, y1 rows) touch, with the pixel of margin :meth:`Level.cut` may read beyond a box."""
+    th, tw = tile
+    grid = np.zeros((-(-shape[0] // th), -(-shape[1] // tw)), dtype=bool)
+    lo = np.floor(np.asarray(fields, float)[:, :2] / scale).astype(np.int64) - 1
+    hi = np.ceil(np.asarray(fields, float)[:, 2:] / scale).astype(np.int64) + 2  # exclusive
+    lo = np.clip(lo, 0, [shape[1], shape[0]])
+    hi = np.clip(hi, 0, [shape[1], shape[0]])
+    for (x0, y0), (x1, y1) in zip(lo, hi, strict=True):
+        if x1 > x0 and y1 > y0:
+            grid[y0 // th : (y1 - 1) // th + 1, x0 // tw : (x1 - 1) // tw + 1] = True
+    return grid
+
+
+def _decode_tiles(page, fields: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """A tiled TIFF page decoded only where ``fields`` need it, its tiles on all cores; the rest of the array is
+    never written (zeros that the operating system does not even allocate) and is not to be read. Returns the
+    array, the grid of which tiles hold the image, and the tile shape."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    h, w = int(page.imagelength), int(page.imagewidth)
+    th, tw = int(page.tilelength), int(page.tilewidth)
+    needed = _needed_tiles(fields, scale, (h, w), (th, tw))
+    arr = np.zeros((h, w, page.samplesperpixel) if page.samplesperpixel > 1 else (h, w), dtype=np.uint8)
+    jpeg = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader} if page.compression in (6, 7, 33007, 34892) else {}
+
+    def put(segment: tuple[bytes | None, int]) -> None:
+        data, index = segment
+        tile, at, _ = page.decode(data, index, **jpeg)
+        if tile is None:  # an empty tile: left as zeros, as tifffile leaves it
+            return
+        y, x = at[2], at[3]
+        tile = tile.reshape(tile.shape[1], tile.shape[2], -1)[: h - y, : w - x]
+        arr[y : y + tile.shape[0], x : x + tile.shape[1]] = tile if arr.ndim == 3 else tile[..., 0]
+
+    indices = np.flatnonzero(needed.ravel())
+    offsets, counts = np.asarray(page.dataoffsets)[indices], np.asarray(page.databytecounts)[indices]
+    fh = page.parent.filehandle
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        for chunk in fh.read_segments(offsets, counts, indices=indices.tolist(), lock=fh.lock, flat=False):
+            list(pool.map(put, chunk))
+    return arr, needed, (th, tw)
 
 
 def _to_rgb(arr: np.ndarray, axes: str) -> np.ndarray:
@@ -309,12 +365,16 @@ def _stream_reduce(level, factor: int) -> np.ndarray:
     return out
 
 
-def open_level(path: str | PathLike, downsample: float = 1.0, lazy: bool = False) -> Level:
+def open_level(path: str | PathLike, downsample: float = 1.0, lazy: bool = False,
+               fields: np.ndarray | None = None) -> Level:
     """Open ``path`` at the coarsest stored or cheaply decodable level whose scale is at most ``downsample``.
 
     ``downsample`` is full-resolution pixels per output pixel of the patches to be cut; 1 reads full resolution.
     ``lazy``: a TIFF is read region by region on demand instead of decoded into memory (for whole slides; OpenSlide
     formats are always read on demand, JPEG/PNG never can be).
+    ``fields``: the full-resolution boxes (rows of x0, y0, x1, y1) that will be cut, when known in advance: a tiled
+    TIFF level then decodes only the tiles they touch (a slide's background is never decoded), and the level refuses
+    to read outside them.
     Raises :class:`InputError` when the file is missing, truncated or not an image.
     """
     path = Path(path)
@@ -328,7 +388,7 @@ def open_level(path: str | PathLike, downsample: float = 1.0, lazy: bool = False
             w, h = slide.dimensions
             return Level(path, float(slide.level_downsamples[lvl]), (int(w), int(h)), slide=slide, slide_level=lvl)
         if kind == "tiff":
-            return _tiff_lazy_level(path, downsample) if lazy else _tiff_level(path, downsample)
+            return _tiff_lazy_level(path, downsample) if lazy else _tiff_level(path, downsample, fields)
         return _pillow_level(path, downsample)
 
 

@@ -222,9 +222,12 @@ def extract_patches(
             arr = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(len(rows), *shape))
 
         def opened(section: str):
-            """The section's image decoded at the scale its patches need, with its µm/px."""
+            """The section's image decoded at the scale its patches need (a tiled TIFF only where they lie), with its
+            µm/px."""
             image, um = section_info(adata, section).imaging()
-            return open_level(image, downsample=cfg.size_um / um / cfg.out_px), image, um
+            on = rows[sec_col[rows] == section]
+            xy, half = adata.obs[["x_px", "y_px"]].to_numpy(float)[on], cfg.size_um / um / 2
+            return open_level(image, downsample=cfg.size_um / um / cfg.out_px, fields=np.hstack([xy - half, xy + half])), image, um
 
         # the next section's image is decoded while this one's patches are cut
         images = read_ahead(sections, opened, discard=lambda opened_image: opened_image[0].close())
