@@ -108,7 +108,8 @@ def ranked(records: dict[str, dict], reference: str = "pca") -> list[str]:
 
 
 def combined(records: dict[str, dict]) -> tuple[dict[str, Any], str]:
-    """For each scVI factor, its level that the rule ranks highest, when that level ranks above the default."""
+    """For each scVI factor, its level that the rule ranks highest, when that level ranks above the default (a level
+    the rule does not admit ranks below it). No such level: the default's own settings."""
     order = ranked(records)
     default_rank = order.index("scvi") if "scvi" in order else len(order)
     changes: dict[str, Any] = {}
@@ -170,7 +171,11 @@ def main() -> None:
         print(f"{name}: iLISI {r['audit']['ilisi']:.3f}, label score {r['label_score']:.3f}, {r['fit_seconds']:.0f} s", flush=True)
     if args.combined and "pca" in records:
         ch, bk = combined(records)
-        records["scvi/combined"] = fit_and_audit(adata, "scvi/combined", "scvi", ch, bk, out / "audit")
+        if (ch, bk) == ({}, "patient") and "scvi" in records:  # no level ranks above the default: nothing to combine
+            print("scvi/combined: no scVI level ranks above the default by the rule, so the combined setting is the "
+                  "default itself (not refitted)", flush=True)
+        else:
+            records["scvi/combined"] = fit_and_audit(adata, "scvi/combined", "scvi", ch, bk, out / "audit")
     order = ranked(records) if "pca" in records else []
     lopo: dict[str, Any] = {}
     lopo_out = Path(args.lopo_out or Path(args.results) / "lopo")

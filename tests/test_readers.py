@@ -139,24 +139,28 @@ def test_a_tiff_level_decoded_on_all_cores_is_the_whole_level(tmp_path, layout):
     lv.close()
 
 
-@pytest.mark.parametrize("compression", [None, "jpeg"])
-def test_a_level_opened_for_its_fields_decodes_only_their_tiles(tmp_path, compression):
-    """Given the boxes it will cut, a tiled level decodes just the tiles they touch: its patches are the very
-    patches of the level decoded whole (at the edges too), the tiles no box touches are never decoded, and a read
-    outside the boxes is refused rather than returning blank pixels."""
+@pytest.mark.parametrize(("compression", "pyramid"), [(None, False), ("jpeg", False), ("jpeg", True)])
+def test_a_level_opened_for_its_fields_decodes_only_their_tiles(tmp_path, compression, pyramid):
+    """Given the boxes it will cut, a tiled level (full resolution, or a pyramid's coarser level) decodes just the
+    tiles they touch: its patches are the very patches of the level decoded whole (at the edges too), the tiles no
+    box touches are never decoded, and a read outside the boxes is refused rather than returning blank pixels."""
     img = np.random.default_rng(4).integers(0, 256, (1000, 1300, 3), dtype=np.uint8)
     p = tmp_path / "fields.tif"
-    tifffile.imwrite(p, img, photometric="rgb", tile=(128, 128), compression=compression)
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(img, tile=(128, 128), photometric="rgb", compression=compression, subifds=int(pyramid))
+        if pyramid:
+            tw.write(img[::2, ::2], tile=(128, 128), photometric="rgb", compression=compression, subfiletype=1)
     centres = np.array([[200.5, 150.25], [1290.0, 990.0], [640.0, 700.0], [3.0, 990.0]])
-    half = 60.0
-    part = open_level(p, fields=np.hstack([centres - half, centres + half]))
-    whole = open_level(p)
+    half, ds = 60.0, 2.0 if pyramid else 1.0
+    part = open_level(p, downsample=ds, fields=np.hstack([centres - half, centres + half]))
+    whole = open_level(p, downsample=ds)
+    assert part.scale == whole.scale == ds
     assert part.tiles is not None and 0 < part.tiles.sum() < part.tiles.size
     for cx, cy in centres:
         a, fa = part.cut(cx, cy, half, 32)
         b, fb = whole.cut(cx, cy, half, 32)
         assert np.array_equal(a, b) and fa == fb
-    assert not part.array[:128, 512:640].any()  # a tile far from every box: never decoded
+    assert not part.array[:128, 512 // int(ds) : 640 // int(ds)].any()  # far from every box: never decoded
     with pytest.raises(RuntimeError, match="outside the fields"):
         part.cut(600, 60, half, 32)
 
