@@ -173,11 +173,13 @@ def main() -> None:
         records[name] = fit_and_audit(adata, name, enc, ch, bk, out / "audit", earlier.get(name))
         r = records[name]
         print(f"{name}: iLISI {r['audit']['ilisi']:.3f}, label score {r['label_score']:.3f}, {r['fit_seconds']:.0f} s", flush=True)
+    notes: list[str] = []
     if args.combined and "pca" in records:
         ch, bk = combined(records)
         if (ch, bk) == ({}, "patient") and "scvi" in records:  # no level ranks above the default: nothing to combine
-            print("scvi/combined: no scVI level ranks above the default by the rule, so the combined setting is the "
-                  "default itself (not refitted)", flush=True)
+            notes.append("scvi/combined: no scVI level ranks above the default by the rule, so the combined setting is "
+                         "the default itself (not refitted)")
+            print(notes[-1], flush=True)
         else:
             records["scvi/combined"] = fit_and_audit(adata, "scvi/combined", "scvi", ch, bk, out / "audit")
     order = ranked(records) if "pca" in records else []
@@ -207,6 +209,7 @@ def main() -> None:
             md += (f"\nNote: {', '.join(supervised)} trained on the very labels its label score is measured with (fitted on "
                    "all patients, every labelled spot given), so that score is not comparable with the others' and the rule "
                    "admits it on it; its gene-side LOPO, where the held-out patient's labels are never seen, decides.\n")
+    md += "".join(f"\n{n}\n" for n in notes)
     if lopo:
         md += "\n| setting (gene-side LOPO) | bacc (linear) | kNN bacc | 3-class bacc |\n|---|---|---|---|\n" + "".join(
             f"| {n} | {v['bacc']:.3f} ± {v['bacc_sd']:.3f} | {v['knn_bacc']:.3f} | {v['bacc3']:.3f} |\n" for n, v in lopo.items())
