@@ -177,3 +177,5 @@ def test_a_corrupt_tile_names_the_file(tmp_path):
         f.write(b"\xff" * count)
     with pytest.raises(InputError, match="cut.tif"):
         open_level(p)
+    with pytest.raises(InputError, match="cut.tif"):  # decoding only the tiles some fields touch, the bad one among them
+        open_level(p, fields=np.array([[200.0, 950.0, 250.0, 1000.0]]))
