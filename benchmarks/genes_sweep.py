@@ -185,6 +185,8 @@ def main() -> None:
     order = ranked(records) if "pca" in records else []
     lopo: dict[str, Any] = {}
     lopo_out = Path(args.lopo_out or Path(args.results) / "lopo")
+    if (args.lopo or args.lopo_also) and "pca" not in records:
+        ap.error("the gene-side LOPO is compared with PCA's: add pca to --only")
     chosen = [*order[: args.lopo], *(n for n in args.lopo_also if n not in order[: args.lopo] and n in records)]
     if chosen:
         from stguide.evaluate.genes_lopo import run_gene_lopo
