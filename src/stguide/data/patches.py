@@ -221,13 +221,14 @@ def extract_patches(
         else:
             arr = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(len(rows), *shape))
 
+        xy = adata.obs[["x_px", "y_px"]].to_numpy(float)[rows]  # the spots' centres, in the order of rows
+
         def opened(section: str):
             """The section's image decoded at the scale its patches need (a tiled TIFF only where they lie), with its
             µm/px."""
             image, um = section_info(adata, section).imaging()
-            on = rows[sec_col[rows] == section]
-            xy, half = adata.obs[["x_px", "y_px"]].to_numpy(float)[on], cfg.size_um / um / 2
-            return open_level(image, downsample=cfg.size_um / um / cfg.out_px, fields=np.hstack([xy - half, xy + half])), image, um
+            on, half = xy[sec_col[rows] == section], cfg.size_um / um / 2
+            return open_level(image, downsample=cfg.size_um / um / cfg.out_px, fields=np.hstack([on - half, on + half])), image, um
 
         # the next section's image is decoded while this one's patches are cut
         images = read_ahead(sections, opened, discard=lambda opened_image: opened_image[0].close())
@@ -238,8 +239,7 @@ def extract_patches(
                 half_px = cfg.size_um / um_per_px / 2
                 try:
                     sel = np.flatnonzero(sec_col[rows] == s)
-                    xs = adata.obs["x_px"].to_numpy(float)[rows[sel]]
-                    ys = adata.obs["y_px"].to_numpy(float)[rows[sel]]
+                    xs, ys = xy[sel, 0], xy[sel, 1]
                     w, h = level.full_size
                     off = (xs < 0) | (ys < 0) | (xs >= w) | (ys >= h)
                     if off.any():
