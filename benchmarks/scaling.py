@@ -56,7 +56,8 @@ PARTS = ["read", "patches", "gene encoders", "gene-target audit", "trunk feature
 
 
 def make_data(work: Path, sizes: list[int]) -> dict[int, Path]:
-    """The largest dataset, generated once, and each size as the first sections of every patient (cached)."""
+    """The largest dataset, generated once, and each size as the first sections of every patient (cached; the
+    largest is not generated again when every size's file is already there)."""
     import anndata as ad
 
     from stguide.data.model import write_dataset
@@ -64,7 +65,7 @@ def make_data(work: Path, sizes: list[int]) -> dict[int, Path]:
 
     per_patient = max(sizes) // (PATIENTS * SPOTS_PER_SECTION)
     full = work / "data" / f"all-{max(sizes)}.h5ad"
-    if not full.is_file():
+    if not full.is_file() and not all((work / "data" / f"spots-{n}.h5ad").is_file() for n in sizes):
         t0 = time.perf_counter()
         a = make_synthetic(n_patients=PATIENTS, sections_per_patient=per_patient, spots_per_section=SPOTS_PER_SECTION,
                            seed=0, image_dir=work / "data" / "images", um_per_px_range=(2.0, 2.0))
