@@ -65,16 +65,15 @@ def make_data(work: Path, sizes: list[int]) -> dict[int, Path]:
 
     per_patient = max(sizes) // (PATIENTS * SPOTS_PER_SECTION)
     full = work / "data" / f"all-{max(sizes)}.h5ad"
-    if not full.is_file() and not all((work / "data" / f"spots-{n}.h5ad").is_file() for n in sizes):
+    paths = {n: work / "data" / f"spots-{n}.h5ad" for n in sizes}
+    if not full.is_file() and not all(path.is_file() for path in paths.values()):
         t0 = time.perf_counter()
         a = make_synthetic(n_patients=PATIENTS, sections_per_patient=per_patient, spots_per_section=SPOTS_PER_SECTION,
                            seed=0, image_dir=work / "data" / "images", um_per_px_range=(2.0, 2.0))
         write_dataset(a, full)
         print(f"generated {a.n_obs} spots in {time.perf_counter() - t0:.0f} s (setup, not timed)", flush=True)
-    paths = {}
     adata = None
-    for n in sizes:
-        path = work / "data" / f"spots-{n}.h5ad"
+    for n, path in paths.items():
         if not path.is_file():
             adata = adata if adata is not None else ad.read_h5ad(full)
             k = n // (PATIENTS * SPOTS_PER_SECTION)
@@ -82,7 +81,6 @@ def make_data(work: Path, sizes: list[int]) -> dict[int, Path]:
             sub = adata[adata.obs["section"].astype(str).isin(keep)].copy()
             assert sub.n_obs == n, (n, sub.n_obs)
             write_dataset(sub, path)
-        paths[n] = path
     return paths
 
 

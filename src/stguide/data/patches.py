@@ -211,7 +211,8 @@ def extract_patches(
         tmp.mkdir()
         arr: np.ndarray | ShardedArray
         shape = (cfg.out_px, cfg.out_px, 3)
-        sizes = [int((sec_col[rows] == s).sum()) for s in sections]
+        row_sec = sec_col[rows]  # the section of each row
+        sizes = [int((row_sec == s).sum()) for s in sections]
         if cfg.shards == "section":
             arr = ShardedArray(lambda k: np.lib.format.open_memmap(tmp / shard_file(k), mode="w+", dtype=np.uint8,
                                                                    shape=(sizes[k], *shape)), sizes, shape)
@@ -227,7 +228,7 @@ def extract_patches(
             """The section's image decoded at the scale its patches need (a tiled TIFF only where they lie), with its
             µm/px."""
             image, um = section_info(adata, section).imaging()
-            on, half = xy[sec_col[rows] == section], cfg.size_um / um / 2
+            on, half = xy[row_sec == section], cfg.size_um / um / 2
             return open_level(image, downsample=cfg.size_um / um / cfg.out_px, fields=np.hstack([on - half, on + half])), image, um
 
         # the next section's image is decoded while this one's patches are cut
@@ -238,7 +239,7 @@ def extract_patches(
                                                       total=len(sections)):
                 half_px = cfg.size_um / um_per_px / 2
                 try:
-                    sel = np.flatnonzero(sec_col[rows] == s)
+                    sel = np.flatnonzero(row_sec == s)
                     xs, ys = xy[sel, 0], xy[sel, 1]
                     w, h = level.full_size
                     off = (xs < 0) | (ys < 0) | (xs >= w) | (ys >= h)
