@@ -77,6 +77,19 @@ def test_cache_reused_and_invalidated(tmp_path):
     assert extract_patches(a, PatchConfig(160.0, 32), tmp_path / "c", progress=False).path == s5.path
 
 
+def test_a_store_finds_spots_by_name_and_names_the_one_it_lacks(tmp_path):
+    import pandas as pd
+
+    a = _dataset(tmp_path)
+    store = extract_patches(a, PatchConfig(160, 32), tmp_path / "c", progress=False)
+    asked = np.asarray(pd.Index([store.obs_names[1], "no-such-spot", store.obs_names[0]]))  # object dtype, as obs_names
+    assert store.has(asked).tolist() == [True, False, True]
+    assert store.indices(asked[[2, 0]]).tolist() == [0, 1]
+    with pytest.raises(InputError, match="no-such-spot") as e:
+        store.indices(asked)
+    assert e.value.file == str(store.path) and "extract patches" in e.value.fix
+
+
 def test_border_spot_is_padded_and_flagged_or_raises(tmp_path):
     a = _dataset(tmp_path, at_um=(30.0, 200.0))
     store = extract_patches(a, PatchConfig(160, 32, outside="pad"), tmp_path / "c", progress=False)

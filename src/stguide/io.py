@@ -138,6 +138,27 @@ def read_cache_meta(folder: str | os.PathLike) -> dict:
     return meta
 
 
+class SpotRows:
+    """A cache's rows by spot name, through one dict: asking about n names costs O(n). (``np.isin`` on spot names,
+    an object array against strings, compares every pair: it took 10 s per call at 32k spots; docs/performance.md.)
+    ``missing`` and ``fix`` word the error for a name the cache lacks."""
+
+    def __init__(self, obs_names: list[str], path: Path, missing: str, fix: str) -> None:
+        self.obs_names, self.path, self._missing, self._fix = obs_names, path, missing, fix
+        self._index = {n: i for i, n in enumerate(obs_names)}
+
+    def has(self, obs_names) -> np.ndarray:
+        """Whether each of ``obs_names`` has a row (a boolean mask aligned with them)."""
+        return np.fromiter((n in self._index for n in obs_names), dtype=bool, count=len(obs_names))
+
+    def rows(self, obs_names) -> np.ndarray:
+        """The row of each of ``obs_names``; :class:`~stguide.errors.InputError` naming the first one the cache lacks."""
+        try:
+            return np.fromiter((self._index[n] for n in obs_names), dtype=np.int64, count=len(obs_names))
+        except KeyError as e:
+            raise InputError(self.path, f"spot {e.args[0]!r} {self._missing}", self._fix) from None
+
+
 def reuse_cache(folder: Path, opener: Callable[[Path], T], what: str) -> T | None:
     """``opener(folder)`` when a cache folder exists and opens; None when it does not exist, or when it is damaged
     (a :class:`~stguide.errors.DataWarning` names the damaged file): the caller then rebuilds it, never reads it."""

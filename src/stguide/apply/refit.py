@@ -29,7 +29,7 @@ def refit_all(run_dir: str | PathLike, method: str, seed: int = 0, progress: boo
     adata = read_dataset(run / "data" / "dataset.h5ad")
     store = run_store(c, adata)
     names = np.asarray(adata.obs_names)
-    has_patch = np.isin(names, store.obs_names)
+    has_patch = store.has(names)
     fold = Fold(REFIT, train=np.ones(adata.n_obs, bool), test=np.zeros(adata.n_obs, bool), patients=())
     out = run / REFIT_DIR
     cell = cell_path(out, m, ccfg, cfg.lopo.seeds, ccfg.seed)

@@ -35,7 +35,7 @@ def embed_images(module, transform, store: PatchStore, adata: ad.AnnData) -> ad.
     With a frozen backbone, the head output is the representation that was trained; both are exported anyway.
     """
     names = np.asarray(adata.obs_names)
-    has = np.isin(names, store.obs_names)
+    has = store.has(names)
     for key, head in ((OBSM_BACKBONE, False), (OBSM_HEAD, True)):
         _to_obsm(adata, has, key, extract_features(module, transform, store, list(names[has]), head=head))
     return adata
@@ -77,7 +77,7 @@ def fit_image_encoder(
                     fix="Fit the gene encoder without the patients that are held out (stguide genes fit --exclude-patients).")
         for capability in cfg.gene_capabilities():
             gene_encoder.require(capability)
-    mask &= np.isin(names, store.obs_names)
+    mask &= store.has(names)
     if not mask.any():
         raise InputError(store.path, "no training spot has a patch", "extract patches for the dataset's sections with images")
     sub = adata[mask]
@@ -107,7 +107,7 @@ def fit_image_encoder(
     pid = np.unique(patients[mask], return_inverse=True)[1]
     module = train_on_features(cfg, cache, list(names[mask]), z, y, pid, out, progress=progress)
     emb = adata.copy()
-    has = np.isin(names, cache.obs_names)
+    has = cache.has(names)
     f, u = embed_cached(module, cache, list(names[has]))
     _to_obsm(emb, has, OBSM_BACKBONE, f)
     _to_obsm(emb, has, OBSM_HEAD, u)

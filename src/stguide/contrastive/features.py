@@ -23,7 +23,7 @@ from stguide.contrastive.encoders import build_image_encoder
 from stguide.contrastive.trunk import split_trunk
 from stguide.data.patches import PatchStore
 from stguide.errors import InputError
-from stguide.io import atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
+from stguide.io import SpotRows, atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
 from stguide.progress import track
 
 CACHE_VERSION = 1
@@ -38,7 +38,7 @@ class FeatureCache:
         self.meta = read_cache_meta(self.path)
         self.obs_names = list(self.meta["obs_names"])
         self.features = open_cached_array(self.path / "features.npy", tuple(self.meta["shape"]), "float16")
-        self._index = {n: i for i, n in enumerate(self.obs_names)}
+        self.spots = SpotRows(self.obs_names, self.path, "has no cached features", "rebuild the cache from the same patch cache")
         self.built = False  # True when this object's creation ran the trunk
 
     @property
@@ -46,10 +46,12 @@ class FeatureCache:
         return int(self.meta["views"])
 
     def rows(self, obs_names) -> np.ndarray:
-        try:
-            return np.array([self._index[n] for n in obs_names], dtype=np.int64)
-        except KeyError as e:
-            raise InputError(self.path, f"spot {e.args[0]!r} has no cached features", "rebuild the cache from the same patch cache") from None
+        """Row of each spot id; raises when a spot has no cached features."""
+        return self.spots.rows(obs_names)
+
+    def has(self, obs_names) -> np.ndarray:
+        """Whether each spot id has cached features (a boolean mask aligned with ``obs_names``)."""
+        return self.spots.has(obs_names)
 
 
 def _weights_key(init: str) -> str:

@@ -22,7 +22,7 @@ from stguide.data.images import one_torch_thread, open_level
 from stguide.data.model import section_info
 from stguide.data.stain import apply_macenko, fit_macenko
 from stguide.errors import InputError
-from stguide.io import atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
+from stguide.io import SpotRows, atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
 from stguide.progress import read_ahead, track
 
 CACHE_VERSION = 2  # 2: patches resampled by torch's uint8 kernel from the nearest level pixel (images.resample)
@@ -116,7 +116,8 @@ class PatchStore:
                                        shards, (px, px, 3))
         else:
             self.images = open_cached_array(self.path / "patches.npy", (len(self.obs_names), px, px, 3), "uint8")
-        self._index = {n: i for i, n in enumerate(self.obs_names)}
+        self.spots = SpotRows(self.obs_names, self.path, "has no patch in this cache",
+                              "extract patches for this dataset (its section may lack an image)")
         self.outside = np.asarray(self.meta["outside_fraction"], dtype=float)
 
     def __len__(self) -> int:
@@ -127,11 +128,11 @@ class PatchStore:
 
     def indices(self, obs_names) -> np.ndarray:
         """Row of each spot id; raises when a spot has no patch (e.g. its section has no image)."""
-        try:
-            return np.array([self._index[n] for n in obs_names], dtype=np.int64)
-        except KeyError as e:
-            raise InputError(self.path, f"spot {e.args[0]!r} has no patch in this cache",
-                             "extract patches for this dataset (its section may lack an image)") from None
+        return self.spots.rows(obs_names)
+
+    def has(self, obs_names) -> np.ndarray:
+        """Whether each spot id has a patch here (a boolean mask aligned with ``obs_names``)."""
+        return self.spots.has(obs_names)
 
     def take(self, obs_names) -> np.ndarray:
         return np.asarray(self.images[self.indices(obs_names)])

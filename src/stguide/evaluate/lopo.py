@@ -148,7 +148,7 @@ def run_cell(ctx: CellContext, m: Method, fold: Fold, out: Path, seed_index: int
     if skip:
         return {"skipped": skip}
     names = np.asarray(adata.obs_names)
-    has_patch = np.isin(names, store.obs_names)
+    has_patch = store.has(names)
     lab = labelled_mask(adata, cfg.exclude_labels)
     probe_train, test = fold.train & lab & has_patch, fold.test & lab & has_patch
     if not test.any():
