@@ -127,13 +127,18 @@ probe: {features: head}
 lopo: {seeds: 2, baseline: trunk}
 methods:
   - {name: trunk, probe: {features: backbone}}
-  - {name: shuffled, gene_encoder: pca, loss: clip, contrastive: {shuffle_targets: true}}
+  - {name: shuffled, gene_encoder: pca, loss: clip, contrastive: {shuffle_targets: true}, probe: {features: backbone}}
   - {name: supervised, contrastive: {objective: supervised}}
 ablation: false
 report: {umap: false, image_audit: false, target_audit: false}
 """)
     res = run_experiment(load_config(tmp_path / "c.yaml"), tmp_path / "run", progress=False)
     m = res["methods"]
+    # a trained method asking for the backbone on a frozen trunk is probed on its head (embed_dim 32), not on the
+    # untrained trunk's features (1280), which would score the trunk under its name
+    width = {name: np.load(tmp_path / "run" / "folds" / "P1" / name / sub / "features.npz")["x"].shape[1]
+             for name, sub in (("trunk", ""), ("shuffled", "seed0"))}
+    assert width == {"trunk": 1280, "shuffled": 32}, width
     assert m["supervised"]["mean"]["bacc"] >= m["shuffled"]["mean"]["bacc"], (m["supervised"]["mean"], m["shuffled"]["mean"])
     assert set(m["shuffled"]["seeds"]["P1"]) == {"0", "1"} and (tmp_path / "run" / "folds" / "P1" / "shuffled" / "seed1" / "metrics.json").is_file()
     comp = res["comparisons"]["methods"]["supervised"]["bacc"]

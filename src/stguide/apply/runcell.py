@@ -116,6 +116,7 @@ def cell_tower(c: TrainedCell) -> tuple[ImageTower, Any, dict[str, torch.Tensor]
     from stguide.contrastive.encoders import build_image_encoder
     from stguide.contrastive.heads import ProjectionHead
     from stguide.contrastive.trunk import split_trunk
+    from stguide.evaluate.probes import probed_features
 
     ccfg = c.ccfg
     cached = ccfg.trunk != "full"  # the run read the trunk's output from the float16 feature cache
@@ -140,8 +141,7 @@ def cell_tower(c: TrainedCell) -> tuple[ImageTower, Any, dict[str, torch.Tensor]
         own = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
         if own:
             trained.load_state_dict(own)
-        if ccfg.freeze_backbone and c.pcfg.features == "backbone":
-            features = "head"  # as the run probed it: a frozen backbone learnt nothing
+        features = probed_features(features, ccfg.trains_backbone)  # as the run probed it
     return ImageTower(prefix, trained, head, features, cached).eval(), transform, sd
 
 

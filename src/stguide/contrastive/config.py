@@ -82,6 +82,12 @@ class ContrastiveConfig(FromDict):
     batching: Literal["mixed", "per-patient"] = "mixed"
     adversary_weight: float = 0.0
 
+    @property
+    def trains_backbone(self) -> bool:
+        """Whether training changes the backbone's output: not with ``trunk: frozen`` (the trunk's cached features
+        are the backbone output) nor with ``freeze_backbone`` (end-to-end training of the heads only)."""
+        return self.trunk != "frozen" and not self.freeze_backbone
+
     def gene_capabilities(self) -> tuple[str, ...]:
         """What the gene encoder must be able to do for these settings (``stguide.genes`` capabilities)."""
         return ((PREDICT,) if self.loss == "supcon" and self.supcon_labels == "scanvi" else ()) + \

@@ -27,7 +27,7 @@ from stguide.evaluate.cache import data_key, finish_cell, key_matches, save_npz,
 from stguide.evaluate.config import ExperimentConfig, Method
 from stguide.evaluate.image_audit import describe_features
 from stguide.evaluate.metrics import mean_recalls, summarise
-from stguide.evaluate.probes import ProbeConfig, fit_and_score
+from stguide.evaluate.probes import ProbeConfig, fit_and_score, probed_features
 from stguide.evaluate.stats import bootstrap_ci, paired_differences
 from stguide.genes import GeneEncoder, get_encoder, load_encoder
 from stguide.io import fingerprint, write_json_atomic
@@ -113,10 +113,10 @@ def cell_features(m: Method, ccfg: ContrastiveConfig, pcfg: ProbeConfig, ctx: Ce
         return np.zeros((0, 0), np.float32)
     take = emb.obs_names.get_indexer(names)
     backbone, head = emb.obsm[OBSM_BACKBONE][take], emb.obsm[OBSM_HEAD][take]
-    if pcfg.features == "both":
+    features = probed_features(pcfg.features, ccfg.trains_backbone)
+    if features == "both":
         return np.concatenate([backbone, head], axis=1)
-    use_head = pcfg.features == "head" or ccfg.freeze_backbone  # a frozen backbone learnt nothing: probe the head
-    return head if use_head else backbone
+    return head if features == "head" else backbone
 
 
 def _centre(x: np.ndarray, patients: np.ndarray) -> np.ndarray:

@@ -21,11 +21,12 @@ from stguide.evaluate.metrics import classification_metrics, detailed_metrics, m
 class ProbeConfig(FromDict):
     """How frozen image features are scored (YAML section ``probe:``). ``features``: the representation probed,
     the ``backbone`` output (for ``trunk: frozen``, the trunk's own features), the projection ``head``'s, or
-    ``both`` side by side (backbone ‖ head). With ``freeze_backbone`` in end-to-end training the head is probed,
-    since the backbone learnt nothing. ``centre: patient`` subtracts each patient's mean feature before the probes
-    (label-free but transductive: the held-out patient's mean comes from its own unlabelled spots; recorded in the
-    leakage audit). ``Cs``: grid of inverse regularisation strengths for the
-    linear probe, chosen by balanced accuracy in an inner cross-validation whose folds are training patients (a
+    ``both`` side by side (backbone ‖ head). A method that trains probes its head instead of ``backbone`` when the
+    training cannot change the backbone (``trunk: frozen``, or ``freeze_backbone`` in end-to-end training): its
+    backbone features are the untrained trunk's, the same as a method that trains nothing (:func:`probed_features`).
+    ``centre: patient`` subtracts each patient's mean feature before the probes (label-free but transductive: the
+    held-out patient's mean comes from its own unlabelled spots; recorded in the leakage audit). ``Cs``: grid of
+    inverse regularisation strengths for the linear probe, chosen by balanced accuracy in an inner cross-validation whose folds are training patients (a
     single C is used when there is one training patient). ``c_tolerance``: the smallest C whose inner score is within
     this of the best is taken (0: the best; with two or three training patients the inner scores of the grid often lie
     within 0.001 of each other, and a tolerance keeps the choice from flipping on noise). ``max_iter``: solver
@@ -39,6 +40,12 @@ class ProbeConfig(FromDict):
     k: int = 15
     centre: Literal["none", "patient"] = "none"
     c_tolerance: float = 0.0
+
+
+def probed_features(features: str, backbone_trained: bool) -> str:
+    """What a trained method's probes read: ``features``, with ``backbone`` giving way to ``head`` when the training
+    left the backbone as it was (probing it would score the untrained trunk under the method's name)."""
+    return "head" if features == "backbone" and not backbone_trained else features
 
 
 def _check(y: np.ndarray, where: str) -> None:
