@@ -156,3 +156,22 @@ def test_the_audit_builds_one_knn_graph_when_every_spot_is_labelled(monkeypatch)
     lab[:100] = None
     audit_mod.audit({"x": x}, batch, lab, cfg=audit_mod.AuditConfig(n_neighbors=15))
     assert calls == [400, 300]  # every spot (iLISI, kBET), then the labelled ones (connectivity and cLISI share it)
+
+
+def test_the_knn_probe_finds_the_cosine_neighbours():
+    """Euclidean kNN on L2-normalised features is cosine kNN: the same predictions as scikit-learn's metric="cosine",
+    on features of mixed norms. (A zero vector, which has no direction, sits at distance 0.5 in cosine terms from
+    every spot here and at 1 in scikit-learn's: a convention either way.)"""
+    import numpy as np
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from stguide.evaluate.probes import ProbeConfig, fit_knn_probe
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(400, 24)) * rng.uniform(0.1, 10, (400, 1))).astype(np.float32)
+    y = np.array(list("abcd"))[(x[:, 0] > 0) + 2 * (x[:, 1] > 0)]
+    y[rng.random(400) < 0.3] = "a"  # noise, so that the vote is not trivial
+    tr, te = np.arange(300), np.arange(300, 400)
+    want = KNeighborsClassifier(15, metric="cosine").fit(x[tr], y[tr]).predict(x[te])
+    got = fit_knn_probe(x[tr], y[tr], ProbeConfig(k=15)).predict(x[te])
+    assert (got == want).all()

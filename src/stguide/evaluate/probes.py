@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import Normalizer, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from stguide.config import FromDict
@@ -93,9 +93,13 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Prob
 
 
 def fit_knn_probe(x: np.ndarray, y: np.ndarray, cfg: ProbeConfig = ProbeConfig()):
-    """Cosine kNN (k capped at the number of training spots)."""
+    """Cosine kNN (k capped at the number of training spots), as Euclidean kNN on L2-normalised features: the same
+    neighbours (‖a − b‖² = 2 − 2 cos(a, b) for unit vectors) through scikit-learn's multi-threaded Euclidean search,
+    2× faster than its ``metric="cosine"`` at 32k spots (benchmarks/scaling_profile.py). Exact search: its cost grows with
+    training × test spots. (A zero feature vector, with no direction, is at cosine distance 0.5 from every spot here,
+    1 in scikit-learn's convention.)"""
     _check(y, "<probe training set>")
-    return KNeighborsClassifier(n_neighbors=min(cfg.k, len(y)), metric="cosine", weights="uniform").fit(x, y)
+    return make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors=min(cfg.k, len(y)), metric="euclidean", weights="uniform")).fit(x, y)
 
 
 @dataclass(frozen=True)
