@@ -180,6 +180,8 @@ def test_bad_trunk_settings_are_one_line_errors():
     assert "1..4" in e.value.problem
     with pytest.raises(InputError, match="views"):
         ContrastiveConfig(views=0)
+    with pytest.raises(InputError, match="freeze_backbone"):  # partial trains the trunk's tail: a contradiction
+        ContrastiveConfig(backbone="resnet10t", trunk="partial", freeze_backbone=True)
     with pytest.raises(InputError, match="trunk"):
         ContrastiveConfig(backbone="vit_tiny_patch16_224", trunk="partial")
     with warnings.catch_warnings():

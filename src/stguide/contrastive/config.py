@@ -112,6 +112,10 @@ class ContrastiveConfig(FromDict):
             raise ConfigError("grad_checkpointing", "gradient checkpointing saves memory in end-to-end training only "
                               f"(trunk: {self.trunk} trains no trunk activations it could recompute)",
                               "set grad_checkpointing: false, or trunk: full")
+        if self.trunk == "partial" and self.freeze_backbone:
+            raise ConfigError("freeze_backbone", "freezes the backbone of end-to-end training only (trunk: partial trains the "
+                              "trunk's last blocks, which a frozen backbone would contradict)",
+                              "set freeze_backbone: false, or trunk: frozen (the heads only, on cached features)")
         if self.trunk != "full" and self.compile:
             raise ConfigError("compile", f"compiling speeds up the trunk in end-to-end training only (trunk: {self.trunk} "
                               "trains a head on cached features)", "set compile: false, or trunk: full")

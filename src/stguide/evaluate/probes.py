@@ -26,8 +26,8 @@ class ProbeConfig(FromDict):
     backbone features are the untrained trunk's, the same as a method that trains nothing (:func:`probed_features`).
     ``centre: patient`` subtracts each patient's mean feature before the probes (label-free but transductive: the
     held-out patient's mean comes from its own unlabelled spots; recorded in the leakage audit). ``Cs``: grid of
-    inverse regularisation strengths for the linear probe, chosen by balanced accuracy in an inner cross-validation whose folds are training patients (a
-    single C is used when there is one training patient). ``c_tolerance``: the smallest C whose inner score is within
+    inverse regularisation strengths for the linear probe, chosen by balanced accuracy in an inner cross-validation
+    whose folds are training patients (a single C is used when there is one training patient). ``c_tolerance``: the smallest C whose inner score is within
     this of the best is taken (0: the best; with two or three training patients the inner scores of the grid often lie
     within 0.001 of each other, and a tolerance keeps the choice from flipping on noise). ``max_iter``: solver
     iterations. ``k``: neighbours of the cosine kNN probe."""
@@ -95,8 +95,8 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Prob
 def fit_knn_probe(x: np.ndarray, y: np.ndarray, cfg: ProbeConfig = ProbeConfig()):
     """Cosine kNN (k capped at the number of training spots), as Euclidean kNN on L2-normalised features: the same
     neighbours (‖a − b‖² = 2 − 2 cos(a, b) for unit vectors) through scikit-learn's multi-threaded Euclidean search,
-    2× faster than its ``metric="cosine"`` at 32k spots (benchmarks/scaling_profile.py). Exact search: its cost grows with
-    training × test spots. (A zero feature vector, with no direction, is at cosine distance 0.5 from every spot here,
+    2× faster than its ``metric="cosine"`` at 32k spots (benchmarks/scaling_profile.py). Exact search: its cost grows
+    with training × test spots. (A zero feature vector, with no direction, is at cosine distance 0.5 from every spot here,
     1 in scikit-learn's convention.)"""
     _check(y, "<probe training set>")
     return make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors=min(cfg.k, len(y)), metric="euclidean", weights="uniform")).fit(x, y)
