@@ -10,8 +10,8 @@ larger one) and read back through the product's ``h5ad`` reader, so ``read`` tim
 Each size runs ``stguide experiment`` (``run_experiment``) in a fresh process with one fold (P1 held out) and two
 methods on a frozen random-init resnet10t trunk with cached features (``random``: the trunk alone; ``ours-scvi``:
 scVI targets, CLIP loss, a head trained for 3 epochs and probed on that head); scVI trains a fixed 5 epochs (the
-step rule would train a fixed number of steps above 20,000 spots, which hides the per-spot cost) and probes, audits, UMAP and report run at
-their defaults. Time per part is the run's own ``results.json: timings`` (each part counted once); memory per part
+step rule would train a fixed number of steps above 20,000 spots, which hides the per-spot cost) and probes,
+audits, UMAP and report run at their defaults. Time per part is the run's own ``results.json: timings`` (each part counted once); memory per part
 is the largest resident set (VmRSS, which counts the memory-mapped patch and feature caches' pages, and RssAnon,
 which does not) sampled every 50 ms while the part was the innermost one running; ``peak`` is the process's
 ``ru_maxrss`` (the import of torch included).

@@ -77,7 +77,8 @@ def fit_image_encoder(
                     fix="Fit the gene encoder without the patients that are held out (stguide genes fit --exclude-patients).")
         for capability in cfg.gene_capabilities():
             gene_encoder.require(capability)
-    mask &= store.has(names)
+    has_patch = store.has(names)  # the feature cache below holds the store's spots (its key is the store's)
+    mask &= has_patch
     if not mask.any():
         raise InputError(store.path, "no training spot has a patch", "extract patches for the dataset's sections with images")
     sub = adata[mask]
@@ -107,8 +108,7 @@ def fit_image_encoder(
     pid = np.unique(patients[mask], return_inverse=True)[1]
     module = train_on_features(cfg, cache, list(names[mask]), z, y, pid, out, progress=progress)
     emb = adata.copy()
-    has = cache.has(names)
-    f, u = embed_cached(module, cache, list(names[has]))
-    _to_obsm(emb, has, OBSM_BACKBONE, f)
-    _to_obsm(emb, has, OBSM_HEAD, u)
+    f, u = embed_cached(module, cache, list(names[has_patch]))
+    _to_obsm(emb, has_patch, OBSM_BACKBONE, f)
+    _to_obsm(emb, has_patch, OBSM_HEAD, u)
     return module, None, emb

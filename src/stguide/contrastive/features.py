@@ -49,10 +49,6 @@ class FeatureCache:
         """Row of each spot id; raises when a spot has no cached features."""
         return self.spots.rows(obs_names)
 
-    def has(self, obs_names) -> np.ndarray:
-        """Whether each spot id has cached features (a boolean mask aligned with ``obs_names``)."""
-        return self.spots.has(obs_names)
-
 
 def _weights_key(init: str) -> str:
     return file_digest(os.path.expanduser(init[5:])) if init.startswith("file:") else init
