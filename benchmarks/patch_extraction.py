@@ -5,11 +5,13 @@ Four ways to decode or cut the same patches (``--size-um`` of tissue around ever
 libraries imported before the clock starts:
 
 - ``floor``: each image decoded once at the scale the patches need, and nothing else (Pillow's decode with the JPEG
-  draft scale, or the TIFF pyramid level read by tifffile with its tiles decoded on all cores; tifffile's default is
-  half of them): what any extraction must pay at least;
+  draft scale, or the TIFF pyramid level read by tifffile with its tiles decoded on all cores, tifffile's default
+  being half of them, into the buffer ours decodes into: ``images.blank``, without numpy's huge pages): what any
+  extraction must pay at least;
 - ``tiles``: the same, but of a tiled TIFF level only the tiles the spots' fields touch (what ``ours`` decodes;
   a slide's background is skipped): the floor of an extraction that reads no more than it cuts;
 - ``ours``: ``stguide.data.patches.extract_patches`` into a fresh cache (the memory-mapped uint8 store);
+- ``floor-numpy`` (only when asked): the floor with a TIFF level decoded into numpy's own array instead;
 - ``bleep``: as BLEEP's loader does, every section's full-resolution image held in memory, each patch cropped from
   it and resized, into an in-memory array.
 
@@ -91,17 +93,22 @@ def _sections(adata):
             yield info, adata.obs["x_px"].to_numpy(float)[m], adata.obs["y_px"].to_numpy(float)[m]
 
 
-def _decode_whole(image: str, need: float) -> int:
-    """Decode one image once at the scale ``need`` (full-resolution px per patch px) asks for; pixels decoded."""
+def _decode_whole(image: str, need: float, numpy_buffer: bool = False) -> int:
+    """Decode one image once at the scale ``need`` (full-resolution px per patch px) asks for; pixels decoded. A TIFF
+    level goes into ``images.blank`` (or, with ``numpy_buffer``, the array tifffile allocates itself)."""
     import tifffile
     from PIL import Image
+
+    from stguide.data.images import blank
 
     if image.lower().endswith((".tif", ".tiff")):
         with tifffile.TiffFile(image) as tf:
             levels = tf.series[0].levels
             full = levels[0].shape[1]
             lvl = max((lv for lv in levels if full / lv.shape[1] <= need), key=lambda lv: full / lv.shape[1])
-            return int(np.prod(lvl.asarray(maxworkers=os.cpu_count()).shape[:2]))  # all cores
+            # all cores, into the zeroed buffer ours decodes into (no huge-page compaction stall), the fastest we have
+            out = blank(lvl.shape) if lvl.dtype == np.uint8 and not numpy_buffer else None
+            return int(np.prod(lvl.asarray(maxworkers=os.cpu_count(), out=out).shape[:2]))
     with Image.open(image) as im:
         d = max([f for f in (1, 2, 4, 8) if f <= need] or [1])
         if d > 1:
@@ -110,9 +117,15 @@ def _decode_whole(image: str, need: float) -> int:
         return im.size[0] * im.size[1]
 
 
-def floor(adata, size_um: float, out_px: int) -> int:
+def floor(adata, size_um: float, out_px: int, numpy_buffer: bool = False) -> int:
     """Decode each image once at the scale its patches need (Pillow draft / the TIFF pyramid level); pixels decoded."""
-    return sum(_decode_whole(info.imaging()[0], size_um / info.imaging()[1] / out_px) for info, _, _ in _sections(adata))
+    return sum(_decode_whole(info.imaging()[0], size_um / info.imaging()[1] / out_px, numpy_buffer)
+               for info, _, _ in _sections(adata))
+
+
+def floor_numpy(adata, size_um: float, out_px: int) -> int:
+    """The floor with a TIFF level decoded into the array tifffile allocates (numpy's, which asks for huge pages)."""
+    return floor(adata, size_um, out_px, numpy_buffer=True)
 
 
 def tiles(adata, size_um: float, out_px: int) -> dict[str, int]:
@@ -177,7 +190,8 @@ def child(args: argparse.Namespace) -> None:
     import torch  # noqa: F401 - loaded before the clock in every way: ours resamples with it, and every stguide run
     # that trains has it loaded anyway (its import is not the extraction's cost)
     t = time.perf_counter()
-    n = {"floor": floor, "tiles": tiles, "ours": ours, "bleep": bleep}[args.mode](adata, args.size_um, args.out_px)
+    ways = {"floor": floor, "floor-numpy": floor_numpy, "tiles": tiles, "ours": ours, "bleep": bleep}
+    n = ways[args.mode](adata, args.size_um, args.out_px)
     s = time.perf_counter() - t
     print(json.dumps({"seconds": s, "n": n, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
@@ -189,6 +203,10 @@ def main() -> None:
     ap.add_argument("--size-um", type=float, default=200.0)
     ap.add_argument("--out-px", type=int, default=224)
     ap.add_argument("--reps", type=int, default=2, help="alternations of the three (default 2; the best time of each)")
+    ap.add_argument("--ways", nargs="+", default=["floor", "tiles", "ours", "bleep"],
+                    choices=["floor", "floor-numpy", "tiles", "ours", "bleep"],
+                    help="which ways to run (default: floor, tiles, ours and bleep, which the ratios need; floor-numpy "
+                         "is the floor decoding a TIFF level into numpy's own array, to compare the buffers)")
     ap.add_argument("--work", default="runs/bench/patches")
     ap.add_argument("--results", default="benchmarks/results/patch_extraction")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -204,7 +222,7 @@ def main() -> None:
         if ds == "her2st" and not (Path(args.realdata) / "her2st").is_dir():
             print(f"skipping her2st: {args.realdata}/her2st is absent")
             continue
-        runs: dict[str, list[dict]] = {"floor": [], "tiles": [], "ours": [], "bleep": []}
+        runs: dict[str, list[dict]] = {m: [] for m in args.ways}
         for _ in range(args.reps):
             for mode in runs:
                 out = subprocess.run([sys.executable, __file__, "--mode", mode, "--dataset", ds, "--realdata", args.realdata,
@@ -214,6 +232,10 @@ def main() -> None:
                 print(ds, mode, runs[mode][-1], flush=True)
         best = {m: min(r["seconds"] for r in v) for m, v in runs.items()}
         peak = {m: max(r["peak"] for r in v) / 2**30 for m, v in runs.items()}
+        if set(runs) != {"floor", "tiles", "ours", "bleep"}:
+            rec["datasets"][ds] = {"runs": runs, "best_seconds": best, "peak_gib": peak}
+            print(ds, "best seconds", best, "peak GiB", peak, flush=True)
+            continue
         rec["datasets"][ds] = {"runs": runs, "best_seconds": best, "peak_gib": peak, "patches": runs["ours"][0]["n"],
                                "ours_over_floor": best["ours"] / best["floor"], "ours_over_tiles": best["ours"] / best["tiles"],
                                "bleep_over_floor": best["bleep"] / best["floor"],

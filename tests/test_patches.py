@@ -148,3 +148,86 @@ def test_a_sharded_store_holds_the_same_patches_and_trains_the_same_model(tmp_pa
     m2, _ = train_contrastive(cfg, reopened, names, z, None, tmp_path / "t2", progress=False)
     for (k, v), w in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
         torch.testing.assert_close(v, w, msg=k)
+
+
+def _edges_level():
+    """A level (2 full-res px per level px) with edges at known level coordinates: red falls at x = 613, green at
+    y = 587."""
+    from pathlib import Path
+
+    from stguide.data.images import Level
+
+    img = np.full((1200, 1200, 3), 230, np.uint8)
+    img[:, 613:, 0] = 40
+    img[587:, :, 1] = 40
+    return Level(Path("x"), 2.0, (2400, 2400), array=img)
+
+
+def _crossing(profile: np.ndarray) -> float:
+    """Where a falling profile crosses the middle grey, in pixels from the patch's edge (linear between pixels)."""
+    i = int(np.flatnonzero(profile < 135)[0])
+    return i - 1 + (profile[i - 1] - 135) / (profile[i - 1] - profile[i]) + 0.5
+
+
+def test_overlapping_patches_share_one_resample_and_keep_their_place():
+    """Spots on a pitch of half a patch share one resample per cell; each patch still shows its own field: an edge
+    lands where the spot's exact corner puts it, at most half an output pixel off (the cut alone: half a level px)."""
+    level = _edges_level()
+    half, out = 200.0, 128  # 400 full-res px = 200 level px → 128 px: 0.64 output px per level px
+    rng = np.random.default_rng(0)
+    cx, cy = np.meshgrid(np.arange(900.0, 1600.0, 100.0), np.arange(900.0, 1600.0, 100.0))
+    cx, cy = cx.ravel() + rng.uniform(-7, 7, cx.size), cy.ravel() + rng.uniform(-7, 7, cy.size)
+    groups = level.sharing_groups(cx, cy, half, out)
+    assert sorted(np.concatenate(groups)) == list(range(cx.size)) and max(map(len, groups)) > 4
+    f = out / (2 * half / level.scale)
+    for g in groups:
+        patches, outside = level.cut_group(cx[g], cy[g], half, out)
+        assert patches.shape == (len(g), out, out, 3) and patches.dtype == np.uint8 and not outside.any()
+        for k, p in zip(g, patches, strict=True):
+            want_x, want_y = (613 - (cx[k] - half) / 2) * f, (587 - (cy[k] - half) / 2) * f
+            if 2 < want_x < out - 2:
+                assert abs(_crossing(p[out // 4, :, 0].astype(float)) - want_x) <= 0.5 + 0.05
+            if 2 < want_y < out - 2:
+                assert abs(_crossing(p[:, out // 8, 1].astype(float)) - want_y) <= 0.5 + 0.05
+            alone, _ = level.cut(cx[k], cy[k], half, out)
+            assert np.abs(alone.astype(int) - p)[2:-2, 2:-2].mean() < 8  # the same field, up to the sub-pixel shift
+
+
+def test_patches_that_barely_overlap_are_cut_one_by_one(tmp_path):
+    """On a grid as coarse as the patches (HER2ST's), nothing is shared: each patch is :meth:`Level.cut`'s."""
+    level = _edges_level()
+    cx, cy = np.meshgrid(np.arange(500.0, 2000.0, 400.0), np.arange(500.0, 2000.0, 400.0))
+    groups = level.sharing_groups(cx.ravel(), cy.ravel(), 200.0, 64)
+    assert all(len(g) == 1 for g in groups) and len(groups) == cx.size
+
+
+def test_a_dense_spot_grid_is_extracted_as_its_groups_cut_it(tmp_path):
+    """extract_patches writes each spot's patch of its sharing group to that spot's row (rows written by several
+    threads at once), also through the memory-map writer used where os.pwrite is missing."""
+    from stguide.data.images import open_level
+
+    p = tmp_path / "s.png"
+    img = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    Image.fromarray(img).save(p)
+    xs, ys = np.meshgrid(np.arange(100.0, 500.0, 16.0), np.arange(100.0, 500.0, 16.0))
+    xs, ys = xs.ravel(), ys.ravel()
+    info = SectionInfo("S", "P", str(p), 1.0, 100.0, 600, 600)
+    a = combine_sections([make_section(np.ones((xs.size, 1)), ["g"], [f"s{i}" for i in range(xs.size)], info=info,
+                                       x_px=xs, y_px=ys, file=p)])
+    store = extract_patches(a, PatchConfig(40, 24), tmp_path / "c", progress=False)
+    level = open_level(p)
+    want = np.empty((xs.size, 24, 24, 3), np.uint8)
+    groups = level.sharing_groups(xs, ys, 20.0, 24)
+    assert max(map(len, groups)) > 1
+    for g in groups:
+        want[g] = level.cut_group(xs[g], ys[g], 20.0, 24)[0]
+    np.testing.assert_array_equal(store.take(a.obs_names), want)
+    import os
+
+    pwrite = os.pwrite
+    try:
+        del os.pwrite
+        again = extract_patches(a, PatchConfig(40, 24), tmp_path / "d", progress=False)
+    finally:
+        os.pwrite = pwrite
+    np.testing.assert_array_equal(again.take(a.obs_names), want)

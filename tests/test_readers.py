@@ -165,6 +165,29 @@ def test_a_level_opened_for_its_fields_decodes_only_their_tiles(tmp_path, compre
         part.cut(600, 60, half, 32)
 
 
+def test_shared_patches_of_a_level_decoded_in_part_are_those_of_the_whole_level(tmp_path):
+    """Spots in an L at the edge of the tissue share one resample whose box reaches a tile no field touches (never
+    decoded): the group is cut from its fields alone and its patches are those of the level decoded whole."""
+    img = np.random.default_rng(5).integers(0, 256, (1000, 1300, 3), dtype=np.uint8)
+    p = tmp_path / "l.tif"
+    tifffile.imwrite(p, img, tile=(128, 128), photometric="rgb")
+    row = [(x, y) for x in range(400, 720, 20) for y in (400, 430)]
+    col = [(x, y) for x in (400, 430) for y in range(460, 720, 20)]
+    centres = np.array(row + col, dtype=float) + 0.3
+    half = 60.0  # 120 level px → 96 px
+    part = open_level(p, fields=np.hstack([centres - half, centres + half]))
+    whole = open_level(p)
+    assert not part.tiles[4, 4]  # inside the L's box, under no field
+    groups = part.sharing_groups(centres[:, 0], centres[:, 1], half, 96)
+    assert [list(g) for g in groups] == [list(g) for g in whole.sharing_groups(centres[:, 0], centres[:, 1], half, 96)]
+    assert max(map(len, groups)) > 20
+    for g in groups:
+        a, fa = part.cut_group(centres[g, 0], centres[g, 1], half, 96)
+        b, fb = whole.cut_group(centres[g, 0], centres[g, 1], half, 96)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(fa, fb)
+
+
 def test_a_corrupt_tile_names_the_file(tmp_path):
     img = np.random.default_rng(3).integers(0, 256, (1024, 256, 3), dtype=np.uint8)
     p = tmp_path / "cut.tif"

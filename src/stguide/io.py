@@ -111,6 +111,55 @@ def fingerprint(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
+class RowWriter:
+    """A new ``.npy`` array of ``shape`` filled one row at a time, by several threads at once, with positional writes
+    (``os.pwrite``, which releases the GIL); rows read back through a read-only memory map. Writing through a
+    writable memory map instead costs a page fault per 4 KiB and a synchronous flush at the end
+    (``benchmarks/patch_cut_profile.py``). Like every cache here the file is renamed into place, not synced to disk.
+    Where ``os.pwrite`` is missing (Windows) the rows are written through a memory map."""
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype: Any = np.uint8) -> None:
+        self.path, self.dtype = Path(path), np.dtype(dtype)
+        self.shape, self.row_shape = tuple(shape), tuple(shape[1:])
+        mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=self.shape)
+        self.offset, self.row_bytes = mm.offset, int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self._mm = None if hasattr(os, "pwrite") else mm
+        self._fd: int | None = os.open(self.path, os.O_WRONLY) if self._mm is None else None
+        self._read: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __setitem__(self, i: int | np.integer, value: np.ndarray) -> None:
+        row = np.ascontiguousarray(value, dtype=self.dtype)
+        if row.shape != self.row_shape:
+            raise ValueError(f"{self.path}: a row of shape {row.shape} where {self.row_shape} belongs")
+        if self._mm is not None:
+            self._mm[i] = row
+            return
+        assert self._fd is not None, f"{self.path} was closed"
+        left, at = row.reshape(-1).view(np.uint8).data, self.offset + int(i) * self.row_bytes
+        while len(left):  # a regular file takes the whole row at once; a short write goes on where it stopped
+            done = os.pwrite(self._fd, left, at)
+            left, at = left[done:], at + done
+
+    def __getitem__(self, i):
+        if self._mm is not None:
+            return self._mm[i]
+        if self._read is None:
+            self._read = np.load(self.path, mmap_mode="r")  # the page cache the writes went to
+        return self._read[i]
+
+    def close(self) -> None:
+        """Finish the file (the writes are in the page cache; readers see them)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._mm is not None:
+            self._mm.flush()
+        self._mm = self._read = None
+
+
 def open_cached_array(path: str | os.PathLike, shape: tuple[int, ...] | None = None, dtype: str | None = None) -> np.ndarray:
     """Memory-map an ``.npy`` of a cache, read-only. Raises :class:`~stguide.errors.InputError` naming the file when
     it is missing, cut short (fewer bytes than its header promises) or not of the ``shape`` / ``dtype`` its cache's

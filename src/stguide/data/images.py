@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -29,6 +30,11 @@ Image.MAX_IMAGE_PIXELS = None  # section images are large by nature; the user ch
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".ome.tif")
 CHUNK_CACHE_BYTES = 96 * 2**20  # decoded tiles kept by a lazily read level (Level._read_chunks)
+# Level.sharing_groups: cells of this many patch sides (boxes up to ~4 sides, where torch's kernel keeps its cost per
+# pixel: benchmarks/patch_cut_profile.py), shared when the box has at most this share of the pixels cut one by one
+SHARE_CELL = 3
+SHARE_GAIN = 0.5
+SHARE_MARGIN = 3  # level px read around each field of a shared box (Level.cut_group; _needed_tiles decodes them)
 
 
 def _unreadable(path: Path, e: Exception) -> InputError:
@@ -197,6 +203,32 @@ class Level:
                 out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = block[sy0 - by : sy1 - by, sx0 - bx : sx1 - bx]
         return out
 
+    def _fields(self, cx, cy, half: float) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """The fields around centres (cx, cy): each one's first level pixel (x0, y0: the one nearest its exact
+        corner), the width in level pixels to read (one more than the side, so that the resample never runs short of
+        input), and the exact side in level pixels."""
+        s, side = self.scale, 2 * half / self.scale
+        x0 = np.floor((np.asarray(cx, dtype=float) - half) / s + 0.5).astype(np.int64)
+        y0 = np.floor((np.asarray(cy, dtype=float) - half) / s + 0.5).astype(np.int64)
+        return x0, y0, math.floor(side) + 1, side
+
+    def _region(self, x0: int, y0: int, nx: int, ny: int, fill: int) -> np.ndarray:
+        """Level pixels [y0:y0+ny, x0:x0+nx]; what lies outside the level is ``fill``."""
+        w, h = self.size
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + nx, w), min(y0 + ny, h)
+        if cx1 - cx0 == nx and cy1 - cy0 == ny:
+            return self._read(cx0, cy0, cx1, cy1)
+        region = np.full((ny, nx, 3), fill, dtype=np.uint8)
+        if cx1 > cx0 and cy1 > cy0:
+            region[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self._read(cx0, cy0, cx1, cy1)
+        return region
+
+    def _outside(self, x0: int, y0: int, side: float) -> float:
+        """The fraction of a field of view (first level pixel x0, y0; side in level px) that lies outside the level."""
+        w, h = self.size
+        inside = max(min(x0 + side, w) - max(x0, 0), 0.0) * max(min(y0 + side, h) - max(y0, 0), 0.0) / side**2
+        return float(1.0 - min(inside, 1.0))
+
     def cut(self, cx: float, cy: float, half: float, out_px: int, fill: int = 255) -> tuple[np.ndarray, float]:
         """A square of side ``2*half`` full-res px around (cx, cy), resampled to ``out_px``.
 
@@ -204,21 +236,72 @@ class Level:
         fraction of a µm at the levels patches are read from) and keeps its exact physical side. Returns the uint8
         patch and the fraction of its field of view that lies outside the image (padded with ``fill``).
         """
+        fx, fy, n, side = self._fields(cx, cy, half)
+        x0, y0 = int(fx), int(fy)
+        return resample(self._region(x0, y0, n, n, fill), out_px / side, out_px), self._outside(x0, y0, side)
+
+    def cut_group(self, cx: np.ndarray, cy: np.ndarray, half: float, out_px: int, fill: int = 255) -> tuple[np.ndarray, np.ndarray]:
+        """The patches of several spots (as :meth:`cut`) from one resample of the box that holds their fields, so
+        that a pixel several patches share is resampled once (groups from :meth:`sharing_groups`). Each patch is
+        the crop of the resampled box at the output pixel nearest its exact corner: at most half an output pixel off
+        (0.45 µm for 200 µm at 224 px) instead of half a level pixel, with the same physical side. The box holds the
+        fields with ``SHARE_MARGIN`` level pixels around each (what the filter reads beyond a crop when the level is
+        at most 2× finer than the patches); of a level decoded only where the fields lie, the rest of the box is
+        ``fill``, which no crop reads. A group of one is :meth:`cut`. Returns the patches (k × out_px × out_px × 3
+        uint8) and the fraction of each one's field of view that lies outside the image."""
+        if len(cx) == 1:
+            patch, outside = self.cut(float(cx[0]), float(cy[0]), half, out_px, fill)
+            return patch[None], np.array([outside])
+        x0, y0, n, side = self._fields(cx, cy, half)
+        m = SHARE_MARGIN
+        bx, by = int(x0.min()) - m, int(y0.min()) - m
+        bw, bh = int(x0.max()) + n + m - bx, int(y0.max()) + n + m - by
+        if self.tiles is None or self._decoded(bx, by, bx + bw, by + bh):
+            box = self._region(bx, by, bw, bh, fill)
+        else:  # at the tissue's edge the box reaches tiles no field touches (never decoded): the fields alone
+            box = np.full((bh, bw, 3), fill, dtype=np.uint8)
+            for a, b in zip(x0 - m - bx, y0 - m - by, strict=True):
+                box[b : b + n + 2 * m, a : a + n + 2 * m] = self._region(int(a) + bx, int(b) + by, n + 2 * m, n + 2 * m, fill)
+        f = out_px / side
+        big = resample(box, f, max(bw, bh))
         s = self.scale
-        side = 2 * half / s  # level px, fractional
-        x0, y0 = math.floor((cx - half) / s + 0.5), math.floor((cy - half) / s + 0.5)
-        n = math.floor(side) + 1  # one pixel more than the side: the resample never runs short of input
+        ox = np.clip(np.round(((np.asarray(cx) - half) / s - bx) * f).astype(int), 0, big.shape[1] - out_px)
+        oy = np.clip(np.round(((np.asarray(cy) - half) / s - by) * f).astype(int), 0, big.shape[0] - out_px)
+        patches = np.stack([big[j : j + out_px, i : i + out_px] for i, j in zip(ox, oy, strict=True)])
+        return patches, np.array([self._outside(int(a), int(b), side) for a, b in zip(x0, y0, strict=True)])
+
+    def _decoded(self, x0: int, y0: int, x1: int, y1: int) -> bool:
+        """Whether a level decoded in part holds every tile of level pixels [y0:y1, x0:x1] that lies in the level."""
+        assert self.tiles is not None
         w, h = self.size
-        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + n, w), min(y0 + n, h)
-        inside = 0.0
-        if cx1 - cx0 == n and cy1 - cy0 == n:
-            region, inside = self._read(cx0, cy0, cx1, cy1), 1.0
-        else:
-            region = np.full((n, n, 3), fill, dtype=np.uint8)
-            if cx1 > cx0 and cy1 > cy0:
-                region[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self._read(cx0, cy0, cx1, cy1)
-                inside = max(min(x0 + side, w) - cx0, 0.0) * max(min(y0 + side, h) - cy0, 0.0) / side**2
-        return resample(region, out_px / side, out_px), float(1.0 - min(inside, 1.0))
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        th, tw = self.tile_shape
+        return x1 <= x0 or y1 <= y0 or bool(self.tiles[y0 // th : (y1 - 1) // th + 1, x0 // tw : (x1 - 1) // tw + 1].all())
+
+    def sharing_groups(self, cx: np.ndarray, cy: np.ndarray, half: float, out_px: int) -> list[np.ndarray]:
+        """The spots (indices into ``cx``, ``cy``) to cut together by :meth:`cut_group`, in reading order (cells
+        top to bottom, left to right, and top to bottom within a cell).
+
+        Spots fall into cells of ``SHARE_CELL`` patch sides on a lattice fixed to the level (a spot's group does
+        not depend on the order of the spots); a cell's spots share one resample when their box has at most
+        ``SHARE_GAIN`` times the pixels of their fields resampled one by one, i.e. where patches overlap much
+        (Visium's 100 µm pitch under 200 µm patches: each tissue pixel lies in four or five), and the level is at
+        most 2× finer than the patches (so that the filter reads no further than ``SHARE_MARGIN`` beyond a crop).
+        Elsewhere (HER2ST's 200 µm grid under 200 µm patches) each spot is a group of one, cut as before."""
+        x0, y0, n, side = self._fields(cx, cy, half)
+        keys = np.stack([y0 // (SHARE_CELL * n), x0 // (SHARE_CELL * n), y0, x0])
+        order = np.lexsort(keys[::-1])  # by cell row, cell column, then top to bottom within a cell
+        if len(order) == 0 or out_px / side < 0.5:
+            return [order[i : i + 1] for i in range(len(order))]
+        cells = np.split(order, np.flatnonzero(np.any(np.diff(keys[:2, order], axis=1) != 0, axis=0)) + 1)
+        groups: list[np.ndarray] = []
+        for g in cells:
+            area = (int(np.ptp(x0[g])) + n + 2 * SHARE_MARGIN) * (int(np.ptp(y0[g])) + n + 2 * SHARE_MARGIN)
+            if len(g) > 1 and area <= SHARE_GAIN * len(g) * n * n:
+                groups.append(g)
+            else:
+                groups.extend(g[:, None])
+        return groups
 
     def close(self) -> None:
         if self.pil is not None:
@@ -284,18 +367,28 @@ def _tiff_level(path: Path, downsample: float, fields: np.ndarray | None = None)
         if fields is not None and tiled and best.axes in ("YX", "YXS") and len(best.pages) == 1 and best.dtype == np.uint8:
             arr, needed, tile = _decode_tiles(best.pages[0], fields, best_ds)
             return Level(path, best_ds, full, array=_to_rgb(arr, best.axes), tiles=needed, tile_shape=tile)
-        arr = best.asarray(maxworkers=os.cpu_count())  # tiles decode on all cores (tifffile's default: half)
+        # tiles decode on all cores (tifffile's default: half)
+        arr = best.asarray(maxworkers=os.cpu_count(), out=blank(best.shape) if best.dtype == np.uint8 else None)
     arr = _to_rgb(arr, best.axes)
     return Level(path, full[0] / arr.shape[1], full, array=arr)
 
 
+def blank(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint8 array for a decoded level, in an anonymous memory map: a page is allocated when first written
+    (what no tile fills costs nothing), and without the huge pages numpy asks the kernel for, whose compaction
+    stalled a large decode here for up to a second (``benchmarks/patch_extraction.py``)."""
+    size = int(np.prod(shape))
+    return np.frombuffer(mmap.mmap(-1, max(size, 1)), np.uint8)[:size].reshape(shape)
+
+
 def _needed_tiles(fields: np.ndarray, scale: float, shape: tuple[int, int], tile: tuple[int, int]) -> np.ndarray:
     """Which tiles of a level (``shape`` px in tiles of ``tile`` px) the full-resolution boxes ``fields``
-    (x0, y0, x1, y1 rows) touch, with the pixel of margin :meth:`Level.cut` may read beyond a box."""
+    (x0, y0, x1, y1 rows) touch, with the pixels of margin :meth:`Level.cut` (one, after rounding) and
+    :meth:`Level.cut_group` (``SHARE_MARGIN`` more) read beyond a box."""
     th, tw = tile
     grid = np.zeros((-(-shape[0] // th), -(-shape[1] // tw)), dtype=bool)
-    lo = np.floor(np.asarray(fields, float)[:, :2] / scale).astype(np.int64) - 1
-    hi = np.ceil(np.asarray(fields, float)[:, 2:] / scale).astype(np.int64) + 2  # exclusive
+    lo = np.floor(np.asarray(fields, float)[:, :2] / scale).astype(np.int64) - SHARE_MARGIN
+    hi = np.ceil(np.asarray(fields, float)[:, 2:] / scale).astype(np.int64) + 2 + SHARE_MARGIN  # exclusive
     lo = np.clip(lo, 0, [shape[1], shape[0]])
     hi = np.clip(hi, 0, [shape[1], shape[0]])
     for (x0, y0), (x1, y1) in zip(lo, hi, strict=True):
@@ -313,7 +406,7 @@ def _decode_tiles(page, fields: np.ndarray, scale: float) -> tuple[np.ndarray, n
     h, w = int(page.imagelength), int(page.imagewidth)
     th, tw = int(page.tilelength), int(page.tilewidth)
     needed = _needed_tiles(fields, scale, (h, w), (th, tw))
-    arr = np.zeros((h, w, page.samplesperpixel) if page.samplesperpixel > 1 else (h, w), dtype=np.uint8)
+    arr = blank((h, w, page.samplesperpixel) if page.samplesperpixel > 1 else (h, w))
     jpeg = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader} if page.compression in (6, 7, 33007, 34892) else {}
 
     def put(segment: tuple[bytes | None, int]) -> None:

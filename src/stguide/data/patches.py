@@ -22,10 +22,11 @@ from stguide.data.images import one_torch_thread, open_level
 from stguide.data.model import section_info
 from stguide.data.stain import apply_macenko, fit_macenko
 from stguide.errors import InputError
-from stguide.io import SpotRows, atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
+from stguide.io import RowWriter, SpotRows, atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
 from stguide.progress import read_ahead, track
 
-CACHE_VERSION = 2  # 2: patches resampled by torch's uint8 kernel from the nearest level pixel (images.resample)
+CACHE_VERSION = 3  # 2: patches resampled by torch's uint8 kernel from the nearest level pixel (images.resample);
+# 3: overlapping patches cut from one shared resample (Level.sharing_groups)
 CUTTERS = min(4, os.cpu_count() or 1)  # threads that cut a section's patches (the crops and resamples release the GIL)
 
 
@@ -95,10 +96,11 @@ class ShardedArray:
         k, j = self._where(int(i))
         self.shard(int(k))[j] = value
 
-    def flush(self) -> None:
+    def close(self) -> None:
+        """Close the shards opened for writing (a read-only store has nothing to close)."""
         for a in self._shards:
-            if a is not None and hasattr(a, "flush"):
-                a.flush()
+            if a is not None and hasattr(a, "close"):
+                a.close()
 
 
 class PatchStore:
@@ -159,15 +161,20 @@ def _fingerprint(adata: ad.AnnData, cfg: PatchConfig, sections: list[str]) -> st
     )
 
 
-def _cut_all(level, sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, half_px: float, out_px: int, arr: np.ndarray | ShardedArray,
+def _cut_all(level, sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, half_px: float, out_px: int, arr: RowWriter | ShardedArray,
              outside: np.ndarray, pool: ThreadPoolExecutor) -> None:
     """Cut the patches of spots ``sel`` (centres ``xs``, ``ys``) from a level into ``arr``, spread over the threads
-    of ``pool`` (each writes its own rows), top to bottom (a lazily read level's tiles then serve neighbours)."""
-    parts = np.array_split(np.argsort(ys, kind="stable"), max(1, min(len(sel), 32)))
+    of ``pool`` (each writes its own rows), top to bottom (a lazily read level's tiles then serve neighbours);
+    overlapping patches share one resample (``Level.sharing_groups``)."""
+    groups = level.sharing_groups(xs, ys, half_px, out_px)
+    parts = np.array_split(np.arange(len(groups)), max(1, min(len(groups), 32)))
 
     def cutter(part: np.ndarray) -> None:
-        for k in part:
-            arr[sel[k]], outside[sel[k]] = level.cut(xs[k], ys[k], half_px, out_px)
+        for gi in part:
+            g = groups[gi]
+            patches, out = level.cut_group(xs[g], ys[g], half_px, out_px)
+            for k, patch, o in zip(g, patches, out, strict=True):
+                arr[sel[k]], outside[sel[k]] = patch, o
 
     with one_torch_thread():  # the threads are the parallelism; torch's own per resample would oversubscribe
         for done in [pool.submit(cutter, part) for part in parts]:
@@ -210,18 +217,17 @@ def extract_patches(
     per_section = {}
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        arr: np.ndarray | ShardedArray
+        arr: RowWriter | ShardedArray
         shape = (cfg.out_px, cfg.out_px, 3)
         row_sec = sec_col[rows]  # the section of each row
         sizes = [int((row_sec == s).sum()) for s in sections]
         if cfg.shards == "section":
-            arr = ShardedArray(lambda k: np.lib.format.open_memmap(tmp / shard_file(k), mode="w+", dtype=np.uint8,
-                                                                   shape=(sizes[k], *shape)), sizes, shape)
+            arr = ShardedArray(lambda k: RowWriter(tmp / shard_file(k), (sizes[k], *shape)), sizes, shape)
             for k in range(len(sizes)):
                 if sizes[k]:
                     arr.shard(k)  # opened before the cutting threads write to them
         else:
-            arr = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.uint8, shape=(len(rows), *shape))
+            arr = RowWriter(tmp / "patches.npy", (len(rows), *shape))
 
         xy = adata.obs[["x_px", "y_px"]].to_numpy(float)[rows]  # the spots' centres, in the order of rows
 
@@ -268,8 +274,7 @@ def extract_patches(
         finally:
             images.close()  # stopped early: the image read ahead is closed
             cutters.shutdown(wait=True)
-        arr.flush()
-        del arr
+            arr.close()
         meta = {
             "fingerprint": fp, "version": CACHE_VERSION, **asdict(cfg), "obs_names": list(map(str, names)),
             "outside_fraction": outside_frac.tolist(), "n_padded": int((outside_frac > 0).sum()),
