@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import patch_extraction as pe  # noqa: E402 - the slide and its spots, shared with the extraction benchmark
-from stguide.data.images import SHARE_MARGIN, one_torch_thread, open_level  # noqa: E402
+from stguide.data.images import open_level  # noqa: E402
+from stguide.data.level import SHARE_MARGIN, one_torch_thread  # noqa: E402
 from stguide.data.model import section_info  # noqa: E402
 from stguide.data.patches import CUTTERS, _cut_all  # noqa: E402
 from stguide.io import RowWriter  # noqa: E402

@@ -6,7 +6,7 @@ libraries imported before the clock starts:
 
 - ``floor``: each image decoded once at the scale the patches need, and nothing else (Pillow's decode with the JPEG
   draft scale, or the TIFF pyramid level read by tifffile with its tiles decoded on all cores, tifffile's default
-  being half of them, into the buffer ours decodes into: ``images.blank``, without numpy's huge pages): what any
+  being half of them, into the buffer ours decodes into: ``tiff.blank``, without numpy's huge pages): what any
   extraction must pay at least;
 - ``tiles``: the same, but of a tiled TIFF level only the tiles the spots' fields touch (what ``ours`` decodes;
   a slide's background is skipped): the floor of an extraction that reads no more than it cuts;
@@ -95,11 +95,11 @@ def _sections(adata):
 
 def _decode_whole(image: str, need: float, numpy_buffer: bool = False) -> int:
     """Decode one image once at the scale ``need`` (full-resolution px per patch px) asks for; pixels decoded. A TIFF
-    level goes into ``images.blank`` (or, with ``numpy_buffer``, the array tifffile allocates itself)."""
+    level goes into ``tiff.blank`` (or, with ``numpy_buffer``, the array tifffile allocates itself)."""
     import tifffile
     from PIL import Image
 
-    from stguide.data.images import blank
+    from stguide.data.tiff import blank
 
     if image.lower().endswith((".tif", ".tiff")):
         with tifffile.TiffFile(image) as tf:
@@ -134,7 +134,7 @@ def tiles(adata, size_um: float, out_px: int) -> dict[str, int]:
     TIFF tiles decoded and the tiles their levels have."""
     import tifffile
 
-    from stguide.data.images import _decode_tiles, _tiff_pick_level
+    from stguide.data.tiff import decode_tiles, pick_level
 
     count = {"tiles_decoded": 0, "tiles": 0}
     for info, xs, ys in _sections(adata):
@@ -144,8 +144,8 @@ def tiles(adata, size_um: float, out_px: int) -> dict[str, int]:
             continue
         xy, half = np.column_stack([xs, ys]), size_um / mpp / 2
         with tifffile.TiffFile(image) as tf:
-            _, index, scale = _tiff_pick_level(tf.series[0], size_um / mpp / out_px)
-            _, needed, _ = _decode_tiles(tf.series[0].levels[index].pages[0], np.hstack([xy - half, xy + half]), scale)
+            _, index, scale = pick_level(tf.series[0], size_um / mpp / out_px)
+            _, needed, _ = decode_tiles(tf.series[0].levels[index].pages[0], np.hstack([xy - half, xy + half]), scale)
         count["tiles_decoded"] += int(needed.sum())
         count["tiles"] += int(needed.size)
     return count

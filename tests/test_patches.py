@@ -44,7 +44,7 @@ def test_a_patch_is_pillows_antialiased_resize_of_its_field(tmp_path):
     (where Pillow reads past the field's edge and the cut does not) it is Pillow's resize to within one grey level."""
     from pathlib import Path
 
-    from stguide.data.images import Level
+    from stguide.data.level import Level
 
     img = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
     level = Level(Path("x"), 2.0, (1200, 1200), array=img)  # level pixels are 2 full-resolution pixels
@@ -155,7 +155,7 @@ def _edges_level():
     y = 587."""
     from pathlib import Path
 
-    from stguide.data.images import Level
+    from stguide.data.level import Level
 
     img = np.full((1200, 1200, 3), 230, np.uint8)
     img[:, 613:, 0] = 40

@@ -18,14 +18,15 @@ import anndata as ad
 import numpy as np
 
 from stguide.config import ConfigError, FromDict
-from stguide.data.images import one_torch_thread, open_level
+from stguide.data.images import open_level
+from stguide.data.level import one_torch_thread
 from stguide.data.model import section_info
 from stguide.data.stain import apply_macenko, fit_macenko
 from stguide.errors import InputError
 from stguide.io import RowWriter, SpotRows, atomic_path, file_digest, fingerprint, open_cached_array, read_cache_meta, reuse_cache, write_json_atomic
 from stguide.progress import read_ahead, track
 
-CACHE_VERSION = 3  # 2: patches resampled by torch's uint8 kernel from the nearest level pixel (images.resample);
+CACHE_VERSION = 3  # 2: patches resampled by torch's uint8 kernel from the nearest level pixel (level.resample);
 # 3: overlapping patches cut from one shared resample (Level.sharing_groups)
 CUTTERS = min(4, os.cpu_count() or 1)  # threads that cut a section's patches (the crops and resamples release the GIL)
 
