@@ -88,11 +88,9 @@ class Level:
     def _read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Level pixels [y0:y1, x0:x1], already clipped to the level."""
         if self.array is not None:
-            if self.tiles is not None:
-                th, tw = self.tile_shape
-                if not self.tiles[y0 // th : (y1 - 1) // th + 1, x0 // tw : (x1 - 1) // tw + 1].all():
-                    raise RuntimeError(f"{self.path}: level region ({x0}, {y0})-({x1}, {y1}) lies outside the fields "
-                                       "it was opened for")
+            if self.tiles is not None and not self._decoded(x0, y0, x1, y1):
+                raise RuntimeError(f"{self.path}: level region ({x0}, {y0})-({x1}, {y1}) lies outside the fields "
+                                   "it was opened for")
             return self.array[y0:y1, x0:x1]
         if self.pil is not None:
             return np.asarray(self.pil.crop((x0, y0, x1, y1)))
