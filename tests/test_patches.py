@@ -201,6 +201,22 @@ def test_patches_that_barely_overlap_are_cut_one_by_one(tmp_path):
     assert all(len(g) == 1 for g in groups) and len(groups) == cx.size
 
 
+def test_a_shared_box_stays_small_however_large_the_patches():
+    """Large patches share in smaller cells (a box at most SHARE_MAX_PX a side); very large ones are cut alone."""
+    from stguide.data.level import SHARE_MARGIN, SHARE_MAX_PX
+
+    level = _edges_level()
+    cx, cy = np.meshgrid(np.arange(0.0, 2400.0, 60.0), np.arange(0.0, 2400.0, 60.0))
+    cx, cy = cx.ravel(), cy.ravel()
+    for half, shared in [(600.0, True), (1100.0, False)]:  # fields of 600 and 1,100 level px
+        groups = level.sharing_groups(cx, cy, half, int(half))
+        n = int(2 * half / level.scale) + 1
+        assert (max(map(len, groups)) > 1) == shared
+        for g in groups:
+            for c in (cx[g], cy[g]):
+                assert np.ptp(np.floor((c - half) / level.scale + 0.5)) + n + 2 * SHARE_MARGIN <= SHARE_MAX_PX
+
+
 def test_a_dense_spot_grid_is_extracted_as_its_groups_cut_it(tmp_path):
     """extract_patches writes each spot's patch of its sharing group to that spot's row (rows written by several
     threads at once), also through the memory-map writer used where os.pwrite is missing."""

@@ -21,6 +21,7 @@ CHUNK_CACHE_BYTES = 96 * 2**20  # decoded tiles kept by a lazily read level (Lev
 # pixel: benchmarks/patch_cut_profile.py), shared when the box has at most this share of the pixels cut one by one
 SHARE_CELL = 3
 SHARE_GAIN = 0.5
+SHARE_MAX_PX = 2048  # a shared box's largest side (larger boxes cost torch's kernel more per pixel, and memory)
 SHARE_MARGIN = 3  # level px read around each field of a shared box (Level.cut_group; tiff.needed_tiles decodes them)
 
 
@@ -216,16 +217,18 @@ class Level:
         """The spots (indices into ``cx``, ``cy``) to cut together by :meth:`cut_group`, in reading order (cells
         top to bottom, left to right, and top to bottom within a cell).
 
-        Spots fall into cells of ``SHARE_CELL`` patch sides on a lattice fixed to the level (a spot's group does
+        Spots fall into cells of ``SHARE_CELL`` patch sides (fewer for patches so large that a box would exceed
+        ``SHARE_MAX_PX`` a side; none above half of it) on a lattice fixed to the level (a spot's group does
         not depend on the order of the spots); a cell's spots share one resample when their box has at most
         ``SHARE_GAIN`` times the pixels of their fields resampled one by one, i.e. where patches overlap much
         (Visium's 100 µm pitch under 200 µm patches: each tissue pixel lies in four or five), and the level is at
         most 2× finer than the patches (so that the filter reads no further than ``SHARE_MARGIN`` beyond a crop).
         Elsewhere (HER2ST's 200 µm grid under 200 µm patches) each spot is a group of one, cut as before."""
         x0, y0, n, side = self._fields(cx, cy, half)
-        keys = np.stack([y0 // (SHARE_CELL * n), x0 // (SHARE_CELL * n), y0, x0])
+        sides = min(SHARE_CELL, (SHARE_MAX_PX - 2 * SHARE_MARGIN) // n - 1)  # a box never exceeds SHARE_MAX_PX a side
+        keys = np.stack([y0 // (max(sides, 1) * n), x0 // (max(sides, 1) * n), y0, x0])
         order = np.lexsort(keys[::-1])  # by cell row, cell column, then top to bottom within a cell
-        if len(order) == 0 or out_px / side < 0.5:
+        if len(order) == 0 or out_px / side < 0.5 or sides < 1:
             return [order[i : i + 1] for i in range(len(order))]
         cells = np.split(order, np.flatnonzero(np.any(np.diff(keys[:2, order], axis=1) != 0, axis=0)) + 1)
         groups: list[np.ndarray] = []
