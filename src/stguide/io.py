@@ -114,8 +114,8 @@ def fingerprint(*parts: Any) -> str:
 class RowWriter:
     """A new ``.npy`` array of ``shape`` filled one row at a time, by several threads at once, with positional writes
     (``os.pwrite``, which releases the GIL); rows read back through a read-only memory map. Writing through a
-    writable memory map instead costs a page fault per 4 KiB and a synchronous flush at the end
-    (``benchmarks/patch_cut_profile.py``). Like every cache here the file is renamed into place, not synced to disk.
+    writable memory map instead costs a page fault per 4 KiB and a synchronous flush at the end. Like every cache
+    here the file is renamed into place, not synced to disk.
     Where ``os.pwrite`` is missing (Windows) the rows are written through a memory map."""
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype: Any = np.uint8) -> None:

@@ -62,8 +62,8 @@ def read_level(path: Path, downsample: float, fields: np.ndarray | None = None) 
 
 def blank(shape: tuple[int, ...]) -> np.ndarray:
     """A zeroed uint8 array for a decoded level, in an anonymous memory map: a page is allocated when first written
-    (what no tile fills costs nothing), and without the huge pages numpy asks the kernel for, whose compaction
-    stalled a large decode here for up to a second (``benchmarks/patch_extraction.py``)."""
+    (what no tile fills costs nothing), and without the huge pages numpy asks the kernel for, which cost more to
+    allocate here (``benchmarks/patch_extraction.py --ways floor floor-numpy``)."""
     size = int(np.prod(shape))
     return np.frombuffer(mmap.mmap(-1, max(size, 1)), np.uint8)[:size].reshape(shape)
 
