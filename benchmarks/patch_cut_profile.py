@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import patch_extraction as pe  # noqa: E402 - the slide and its spots, shared with the extraction benchmark
 from stguide.data.images import open_level  # noqa: E402
-from stguide.data.level import SHARE_MARGIN, one_torch_thread  # noqa: E402
+from stguide.data.level import one_torch_thread, share_box  # noqa: E402
 from stguide.data.model import section_info  # noqa: E402
 from stguide.data.patches import CUTTERS, _cut_all  # noqa: E402
 from stguide.io import RowWriter  # noqa: E402
@@ -64,12 +64,9 @@ def main() -> None:
     t = time.perf_counter()
     level = open_level(pe.SLIDE, downsample=args.size_um / um / args.out_px, fields=fields)
     decode = time.perf_counter() - t
-    side = 2 * half / level.scale
-    n = int(side) + 1
+    x0, y0, n, _ = level._fields(xs, ys, half)  # each field's first level pixel and the pixels it reads a side
     groups = level.sharing_groups(xs, ys, half, args.out_px)
-    x0, y0 = np.floor((xs - half) / level.scale + 0.5), np.floor((ys - half) / level.scale + 0.5)
-    shared_px = sum((np.ptp(x0[g]) + n + 2 * SHARE_MARGIN) * (np.ptp(y0[g]) + n + 2 * SHARE_MARGIN) if len(g) > 1 else n * n
-                    for g in groups)
+    shared_px = sum(np.prod(share_box(x0[g], y0[g], n)[2:]) if len(g) > 1 else n * n for g in groups)
     outside = np.zeros(len(xs))
     ways = {"one by one": lambda arr, pool: _one_by_one(level, xs, ys, half, args.out_px, arr, outside, pool),
             "shared": lambda arr, pool: _cut_all(level, np.arange(len(xs)), xs, ys, half, args.out_px, arr, outside, pool),

@@ -189,8 +189,7 @@ class Level:
             return patch[None], np.array([outside])
         x0, y0, n, side = self._fields(cx, cy, half)
         m = SHARE_MARGIN
-        bx, by = int(x0.min()) - m, int(y0.min()) - m
-        bw, bh = int(x0.max()) + n + m - bx, int(y0.max()) + n + m - by
+        bx, by, bw, bh = share_box(x0, y0, n)
         if self.tiles is None or self._decoded(bx, by, bx + bw, by + bh):
             box = self._region(bx, by, bw, bh, fill)
         else:  # at the tissue's edge the box reaches tiles no field touches (never decoded): the fields alone
@@ -233,8 +232,8 @@ class Level:
         cells = np.split(order, np.flatnonzero(np.any(np.diff(keys[:2, order], axis=1) != 0, axis=0)) + 1)
         groups: list[np.ndarray] = []
         for g in cells:
-            area = (int(np.ptp(x0[g])) + n + 2 * SHARE_MARGIN) * (int(np.ptp(y0[g])) + n + 2 * SHARE_MARGIN)
-            if len(g) > 1 and area <= SHARE_GAIN * len(g) * n * n:
+            _, _, bw, bh = share_box(x0[g], y0[g], n)
+            if len(g) > 1 and bw * bh <= SHARE_GAIN * len(g) * n * n:
                 groups.append(g)
             else:
                 groups.extend(g[:, None])
@@ -247,6 +246,14 @@ class Level:
             self.slide.close()
         if self.store is not None:
             self.store.close()
+
+
+def share_box(x0: np.ndarray, y0: np.ndarray, n: int) -> tuple[int, int, int, int]:
+    """The box one shared resample reads for fields of ``n`` level px whose first pixels are ``x0``, ``y0``: their
+    union with ``SHARE_MARGIN`` px around it, as (x, y, width, height) in level px."""
+    m = SHARE_MARGIN
+    bx, by = int(x0.min()) - m, int(y0.min()) - m
+    return bx, by, int(x0.max()) + n + m - bx, int(y0.max()) + n + m - by
 
 
 def to_rgb(arr: np.ndarray, axes: str) -> np.ndarray:
