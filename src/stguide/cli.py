@@ -215,13 +215,41 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(f"downloaded and verified {len(files)} file(s) into {args.out}")
 
 
+def _executor(args: argparse.Namespace, base=None):
+    """The executor: the YAML's ``executor:`` section (``base``, or ``--config``'s), with --executor/--workers on top;
+    every setting checked before any work starts."""
+    from stguide.config import load_yaml
+    from stguide.executors import ExecutorConfig, with_overrides
+
+    if base is None:
+        path = getattr(args, "config", None)
+        base = _from_file(ExecutorConfig, dict(load_yaml(path).get("executor") or {}), path) if path else ExecutorConfig()
+    ecfg = with_overrides(base, args.executor, args.workers)
+    if ecfg.kind != "serial" and distributed.world_size() > 1:
+        from stguide.errors import InputError
+
+        raise InputError(f"--executor {ecfg.kind}", "cannot run under torchrun (each rank would schedule the whole run)",
+                         "use torchrun with the serial executor, or the local/slurm executor without torchrun")
+    ecfg.check_available()
+    return ecfg
+
+
 def cmd_experiment(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from stguide.evaluate.config import load_config
-    from stguide.evaluate.experiment import run_experiment
+    from stguide.evaluate.scaleout import run_experiment_on
 
     cfg = load_config(args.config)
-    results = run_experiment(cfg, args.out, progress=not args.no_progress, command=_command())
+    ecfg = _executor(args, cfg.executor)
+    results = run_experiment_on(replace(cfg, executor=ecfg), args.out, ecfg, progress=not args.no_progress, command=_command())
     if not distributed.is_main():  # under torchrun only the main process scores and reports
+        return
+    if "submitted" in results:
+        n = sum(len(v) for v in results["submitted"].values())
+        print(f"\nsubmitted {n} jobs in {len(results['submitted'])} stages ({Path(args.out) / 'jobs' / 'submitted.json'}); the last one "
+              f"writes {Path(args.out) / 'results.json'} and the report. Running the same command again after a job failed "
+              "submits again, and only what is missing is computed.")
         return
     _table(results)
     for name, why in results.get("skipped", {}).items():
@@ -255,13 +283,19 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from stguide.apply.predict import predict_slide
+    from stguide.apply.predict import predict_slides
 
-    s = predict_slide(args.slide, args.model, args.out, um_per_px=args.um_per_px, batch_size=args.batch_size,
-                      min_tissue=args.min_tissue, genes=args.genes, map_gene=args.map_gene, progress=not args.no_progress)
-    top = ", ".join(f"{c} {100 * f:.1f} %" for c, f in sorted(s["area_fraction"].items(), key=lambda kv: -kv[1]))
-    print(f"{s['n_tiles']} tiles of {s['tile_um']:g} µm at {s['um_per_px']:g} µm/px ({s['um_per_px_source']}): {top}")
-    print(f"wrote {args.out}/tiles.h5ad, map.png, tiles.geojson and summary.json")
+    ecfg = _executor(args)
+    options = dict(um_per_px=args.um_per_px, batch_size=args.batch_size, min_tissue=args.min_tissue, genes=args.genes,
+                   map_gene=args.map_gene, spatialdata=args.spatialdata)
+    done = predict_slides(args.slide, args.model, args.out, ecfg, progress=not args.no_progress, **options)
+    if "submitted" in done:
+        print(f"submitted {len(done['submitted'])} job(s), one per slide; each writes its folder under {args.out}")
+        return
+    for slide, s in done["slides"].items():
+        top = ", ".join(f"{c} {100 * f:.1f} %" for c, f in sorted(s["area_fraction"].items(), key=lambda kv: -kv[1]))
+        print(f"{Path(slide).name}: {s['n_tiles']} tiles of {s['tile_um']:g} µm at {s['um_per_px']:g} µm/px ({s['um_per_px_source']}): {top}")
+        print(f"  wrote {s['out_dir']}: {s['table']}, map.png, tiles.geojson and summary.json")
 
 
 def cmd_expression(args: argparse.Namespace) -> None:
@@ -289,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stguide.data.model import EXCLUDED_LABELS, GENE_RULES
     from stguide.data.patches import PatchConfig
     from stguide.data.readers import READERS
+    from stguide.executors import EXECUTORS
     from stguide.genes import ENCODERS
 
     pc, cc = PatchConfig(), ContrastiveConfig()
@@ -299,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     def exclude_labels(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--exclude-labels", nargs="*", default=list(EXCLUDED_LABELS), metavar="LABEL",
                         help=f"labels that do not count: never scored, never a probe's or scANVI's label (default {list(EXCLUDED_LABELS)})")
+
+    def executor_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--executor", choices=list(EXECUTORS),
+                        help="where the jobs run: serial (this process; default), local (worker processes on this machine), "
+                             "slurm (submitit job arrays; cluster settings in the YAML's executor: section)")
+        sp.add_argument("--workers", type=int, help="local executor: processes at once (default: one per core)")
 
     def patch_flags(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--size-um", type=float, help=f"patch field of view in µm (default {pc.size_um:g})")
@@ -315,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("config", help="an experiment YAML (see docs/configuration.md and experiments/*.yaml)")
     x.add_argument("--out", required=True, help="the run folder; re-running continues an interrupted run (cached cells)")
     x.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
+    executor_flags(x)
     x.set_defaults(func=cmd_experiment)
 
     r = sub.add_parser("data", help="read a dataset into the stguide data model (.h5ad)")
@@ -421,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("predict", help="apply a model bundle to a whole-slide image without ST (subtype map, tiles, GeoJSON)")
-    pr.add_argument("slide", help="svs, ndpi, mrxs, tiff (pyramidal or not), or a large JPEG/PNG")
+    pr.add_argument("slide", nargs="+", help="svs, ndpi, mrxs, tiff (pyramidal or not), a large JPEG/PNG, or a SpatialData image "
+                    "element (STORE.zarr/images/NAME); several slides: one job each, written to OUT/<slide name>/")
     pr.add_argument("--model", required=True, help="a bundle folder from `stguide export`")
     pr.add_argument("--out", required=True, help="the output folder")
     pr.add_argument("--um-per-px", type=float, help="the slide's µm per pixel at full resolution (default: from its metadata)")
@@ -429,7 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-tissue", type=float, default=0.5, help="the tissue fraction a tile needs to be kept (default 0.5)")
     pr.add_argument("--genes", nargs="+", help="predicted expression of these genes per tile (retrieval; gene-guided models)")
     pr.add_argument("--map-gene", help="draw this gene's predicted expression as map_<gene>.png")
+    pr.add_argument("--spatialdata", metavar="STORE.zarr",
+                    help="also add the tiles (squares) and their table to this SpatialData store (created when missing), "
+                         "beside the slide's image (stguide[spatialdata])")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    executor_flags(pr)
+    pr.add_argument("--config", help="a YAML file whose executor: section holds the cluster settings (--executor slurm)")
     pr.set_defaults(func=cmd_predict)
 
     xp = sub.add_parser("expression", help="image → expression (retrieval and ridge), leave-one-patient-out on a finished run")
@@ -465,6 +513,7 @@ def _interrupted() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from stguide.errors import DataWarning, InputError, LeakageError
+    from stguide.executors import JobsFailed
 
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", DataWarning)
@@ -477,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, LeakageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except JobsFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return _interrupted()
     except SystemExit:

@@ -128,6 +128,58 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
     return summary
 
 
+def slide_name(slide: str | PathLike) -> str:
+    """The folder name of a slide's outputs when several slides are predicted: its file name without the extension
+    (a SpatialData image element: the store's name and the element's)."""
+    p = Path(slide)
+    if p.parent.name == "images" and p.parent.parent.suffix == ".zarr":
+        return f"{p.parent.parent.stem}-{p.name}"
+    name = p.name
+    for suffix in (".ome.tif", ".ome.tiff"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return p.stem
+
+
+def predict_job(slide: str, model: str, out_dir: str, options: dict[str, Any]) -> dict[str, Any]:
+    """One slide's prediction (a job of :func:`predict_slides`), with its output folder in the summary."""
+    s = predict_slide(slide, model, out_dir, **options)
+    return {**s, "out_dir": str(out_dir)}
+
+
+def predict_slides(slides: list[str], model: str | PathLike, out_dir: str | PathLike, executor=None, progress: bool = True,
+                   **options: Any) -> dict[str, Any]:
+    """:func:`predict_slide` for each of ``slides``, one job per slide through ``executor``
+    (:class:`~stguide.executors.ExecutorConfig`; default serial). One slide writes into ``out_dir``; several write
+    into ``out_dir/<slide name>/`` and ``out_dir/slides.json`` lists them. Returns ``{"slides": {slide: summary}}``, or
+    ``{"submitted": [job ids]}`` on a SLURM cluster. The bundle, the slides and their names are checked before any
+    job starts."""
+    from stguide.executors import ExecutorConfig, Stage, Submitted, run_stages
+
+    executor = executor or ExecutorConfig()
+    executor.check_available()
+    load_bundle(model)  # a bundle whose files do not match its manifest is refused before any slide is read
+    out = Path(out_dir)
+    names = [slide_name(s) for s in slides]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(slides[names.index(twice[0])], f"several slides would write to the folder {twice[0]!r}",
+                         "give slides distinct names, or predict them in separate runs")
+    for s in slides:
+        image_size(s)  # missing or unreadable slides stop the run before any job
+    dirs = [out] if len(slides) == 1 else [out / n for n in names]
+    options = {**options, "progress": progress and executor.kind == "serial"}
+    done = run_stages([Stage("predict", predict_job, [(str(s), str(model), str(d), options) for s, d in zip(slides, dirs, strict=True)],
+                             gpu=True)], executor, out / "jobs", progress)
+    if isinstance(done, Submitted):
+        return {"submitted": done.jobs["predict"]}
+    summaries = {str(s): r for s, r in zip(slides, done[0], strict=True)}
+    if len(slides) > 1:
+        write_json_atomic(out / "slides.json", {s: {"out_dir": r["out_dir"], "n_tiles": r["n_tiles"], "area_fraction": r["area_fraction"]}
+                                                for s, r in summaries.items()})
+    return {"slides": summaries}
+
+
 def _stain(bundle: Bundle, level, grid, side_px: float, out_px: int, sample: int = 64):
     """The slide's Macenko stain fit (from up to ``sample`` tissue tiles) when the model was trained on
     Macenko-normalised patches; else None."""

@@ -11,7 +11,7 @@ import numpy as np
 from stguide import distributed
 from stguide.contrastive.cached import embed_cached, train_on_features
 from stguide.contrastive.config import ContrastiveConfig
-from stguide.contrastive.features import feature_cache
+from stguide.contrastive.features import trunk_cache
 from stguide.contrastive.train import extract_features, train_contrastive
 from stguide.data.folds import refuse_leak
 from stguide.data.model import EXCLUDED_LABELS, labelled_mask
@@ -103,8 +103,7 @@ def fit_image_encoder(
         if not distributed.is_main():  # under torchrun the others only trained with it (stguide.distributed)
             return module, transform, None
         return module, transform, embed_images(module, transform, store, adata.copy())
-    cache = feature_cache(store, cfg.backbone, cfg.init, features_dir or out / "features", blocks=cfg.trunk_blocks if cfg.trunk == "partial" else 0,
-                          views=cfg.views, view_seed=cfg.view_seed, progress=progress)
+    cache = trunk_cache(cfg, store, features_dir or out / "features", progress=progress)
     pid = np.unique(patients[mask], return_inverse=True)[1]
     module = train_on_features(cfg, cache, list(names[mask]), z, y, pid, out, progress=progress)
     emb = adata.copy()

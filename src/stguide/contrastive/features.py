@@ -19,6 +19,7 @@ import torch
 
 from stguide import timing
 from stguide.contrastive.augment import Augment
+from stguide.contrastive.config import ContrastiveConfig
 from stguide.contrastive.encoders import build_image_encoder
 from stguide.contrastive.trunk import split_trunk
 from stguide.data.patches import PatchStore
@@ -67,6 +68,15 @@ def view_of(store: PatchStore, row: int, view: int, view_seed: int) -> np.ndarra
 
 
 @timing.part("trunk features")
+def trunk_cache(cfg: ContrastiveConfig, store: PatchStore, cache_dir: str | PathLike, trained: bool = True,
+                progress: bool = True) -> FeatureCache:
+    """The feature cache a method of ``cfg`` (``trunk: frozen|partial``) reads: for one that trains, the output of the
+    trunk's frozen prefix (the whole trunk for ``frozen``, all but the last ``trunk_blocks`` for ``partial``); for one
+    that does not (``trained`` False), the whole trunk's pooled features."""
+    blocks = cfg.trunk_blocks if trained and cfg.trunk == "partial" else 0
+    return feature_cache(store, cfg.backbone, cfg.init, cache_dir, blocks=blocks, views=cfg.views, view_seed=cfg.view_seed, progress=progress)
+
+
 def feature_cache(store: PatchStore, backbone: str, init: str, cache_dir: str | PathLike, *, blocks: int = 0,
                   views: int = 8, view_seed: int = 0, batch_size: int = 64, progress: bool = True) -> FeatureCache:
     """The cached output of the trunk's frozen prefix (``blocks = 0``: the whole trunk, pooled) for every patch of

@@ -13,6 +13,8 @@ A YAML has these sections, all optional (docs/configuration.md documents every f
     methods: [...]         # default: DEFAULT_METHODS; each {name, gene_encoder, loss, init, backbone, loss_kwargs, contrastive}
     ablation: true         # add the loss ablation on the scANVI gene side
     report: {image_audit: true, umap: true, umap_fold: null, umap_max_spots: 5000, spot_map_method: null, thumbnail_px: 900}
+    executor: {kind: serial, workers: null, partition: null, time_min: null, gpus: null, ...}  # ExecutorConfig: where
+                           # the jobs run (not what they compute: no cache key and no result reads it)
 
 The demo is a preset of this file (``stguide/presets/demo.yaml``), run by the same driver.
 """
@@ -32,6 +34,7 @@ from stguide.data.patches import PatchConfig
 from stguide.data.readers import check_read
 from stguide.errors import InputError
 from stguide.evaluate.probes import ProbeConfig
+from stguide.executors import ExecutorConfig
 from stguide.genes import GeneConfig, encoder_class
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*")
@@ -179,6 +182,7 @@ class ExperimentConfig:
     methods: tuple[Method, ...] = DEFAULT_METHODS
     ablation: bool = True
     report: ReportConfig = ReportConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -12,7 +12,7 @@ import anndata as ad
 from stguide import distributed, timing
 from stguide.contrastive.config import ContrastiveConfig
 from stguide.data.model import write_dataset
-from stguide.data.patches import extract_patches
+from stguide.data.patches import PatchStore, extract_patches
 from stguide.data.readers import read
 from stguide.evaluate.config import DataConfig, ExperimentConfig
 from stguide.evaluate.lopo import run_lopo
@@ -88,30 +88,43 @@ def _targets_sentence(results: dict) -> str:
         f"{enc} iLISI {r.get('ilisi', float('nan')):.3f}, NMI {r.get('nmi', float('nan')):.3f}" for enc, r in t.items()) + ". ")
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir: str | PathLike, progress: bool = True, command: str = "") -> dict:
+def open_run(cfg: ExperimentConfig, out: Path, progress: bool = True, adata: ad.AnnData | None = None) -> tuple[ad.AnnData, PatchStore]:
+    """The run's dataset and patch store: the data read (and written as ``data/dataset.h5ad``) unless ``adata`` is
+    given, the patches cut (or their cache found), and the spot maps' data saved. Under ``torchrun`` the main process
+    does each step first and the others then read its caches."""
+    main = distributed.is_main()
+    with timing.part("read"), distributed.main_first():
+        if adata is None:
+            adata = load_data(cfg.data, out)
+            if main:
+                write_dataset(adata, out / "data" / "dataset.h5ad")
+    with timing.part("patches"), distributed.main_first():
+        store = extract_patches(adata, cfg.patches, out / "patches", progress=progress and main)
+    if main:
+        with timing.part("report"):
+            save_spot_map_data(adata, out, cfg.report.thumbnail_px)
+    return adata, store
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | PathLike, progress: bool = True, command: str = "",
+                   adata: ad.AnnData | None = None) -> dict:
     """Load the data, cut patches, run every (method, fold) cell (cached), write ``results.json`` and the report.
 
     Writes under ``out_dir``: ``data/dataset.h5ad`` (what was read, with scanpy's spatial layout), ``patches/``,
     ``folds/<fold>/<method>/`` (one cell each), ``results.json``, ``report.md``, ``report.html`` and ``figures/``.
-    Under ``torchrun`` (:mod:`stguide.distributed`) the processes other than the main one return ``{}``.
+    ``adata``: the dataset as already read (then nothing is read or written for it). Under ``torchrun``
+    (:mod:`stguide.distributed`) the processes other than the main one return ``{}``.
     """
     out = Path(out_dir)
     t0 = time.perf_counter()
-    main = distributed.is_main()  # under torchrun, the other processes only join the end-to-end training
     with timing.recording() as seconds:
-        with timing.part("read"), distributed.main_first():
-            adata = load_data(cfg.data, out)
-            if main:
-                write_dataset(adata, out / "data" / "dataset.h5ad")
-        with timing.part("patches"), distributed.main_first():
-            store = extract_patches(adata, cfg.patches, out / "patches", progress=progress and main)
-        if not main:
+        adata, store = open_run(cfg, out, progress, adata)
+        if not distributed.is_main():  # under torchrun, the other processes only join the end-to-end training
             run_lopo(cfg, adata, store, out, progress=False)
             return {}
-        with timing.part("report"):
-            save_spot_map_data(adata, out, cfg.report.thumbnail_px)
         results = run_lopo(cfg, adata, store, out, progress)
-        results.update(kind="experiment", command=command, config=asdict(cfg), ablation=cfg.ablation_rows(),
+        config = {k: v for k, v in asdict(cfg).items() if k != "executor"}  # where it ran does not change what it computed
+        results.update(kind="experiment", command=command, config=config, ablation=cfg.ablation_rows(),
                        methods_paragraph=methods_paragraph(cfg, results))
 
         def save() -> None:

