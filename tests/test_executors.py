@@ -159,7 +159,9 @@ def test_slurm_submission_writes_job_arrays_with_the_cluster_settings_and_depend
 def test_bad_executor_settings_stop_before_any_work(tmp_path, monkeypatch, capsys, yaml_tail, args, message):
     from stguide import cli
 
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no sbatch, no srun
+    empty = tmp_path / "no-slurm"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no sbatch, no srun, even where the machine itself has SLURM
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(CONFIG + yaml_tail)
     assert cli.main(["experiment", str(cfg), "--out", str(tmp_path / "run"), *args]) == 2
@@ -181,3 +183,20 @@ def test_unknown_executor_on_the_command_line_and_slurm_without_submitit(tmp_pat
     err = capsys.readouterr().err
     assert "needs the package submitit" in err and "stguide[cluster]" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_submission_sbatch_refuses_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    from stguide import cli
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "srun"):  # a login node whose controller says no
+        (bin_dir / name).write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(CONFIG + "executor: {kind: slurm, partition: gpu}\n")
+    assert cli.main(["experiment", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "sbatch refused the jobs of stage 'prepare'" in err and "invalid partition specified: gpu" in err, err
+    assert "fix:" in err and "Traceback" not in err

@@ -207,11 +207,18 @@ def _submitit(stages: Sequence[Stage], cfg: ExecutorConfig, folder: Path, progre
         ex.update_parameters(name=f"stguide-{st.name}", gpus_per_node=(cfg.gpus or 0) if st.gpu else 0,
                              slurm_additional_parameters=extra, **base)
         threads = cfg.cpus or 4
-        if len(st.calls) == 1:
-            jobs = [ex.submit(run_pinned, threads, st.fn, *st.calls[0])]
-        else:
-            with ex.batch():
-                jobs = [ex.submit(run_pinned, threads, st.fn, *args) for args in st.calls]
+        try:
+            if len(st.calls) == 1:
+                jobs = [ex.submit(run_pinned, threads, st.fn, *st.calls[0])]
+            else:
+                with ex.batch():
+                    jobs = [ex.submit(run_pinned, threads, st.fn, *args) for args in st.calls]
+        except submitit.core.utils.FailedJobError as e:  # sbatch said no: its own words, not submitit's traceback
+            done = "; ".join(f"{k}: {', '.join(v)}" for k, v in ids.items())
+            raise InputError("--executor slurm", f"sbatch refused the jobs of stage {st.name!r}: {str(e).strip()[-500:]}"
+                             + (f" (already submitted, cancel them with scancel: {done})" if done else ""),
+                             "check executor.partition, time_min, gpus, mem_gb and slurm_extra (account, qos) against "
+                             "`sinfo` and your cluster's rules, then run the same command again") from None
         ids[st.name] = [str(j.job_id) for j in jobs]
         if progress:
             print(f"{st.name}: submitted {len(jobs)} job(s) ({', '.join(ids[st.name][:3])}{' …' if len(jobs) > 3 else ''})", flush=True)
