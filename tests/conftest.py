@@ -5,6 +5,16 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# submitit configures its logger with logging.config.dictConfig when first imported, which closes every handler that
+# exists then. absl's handler (imported with scvi-tools' jax) closes its stream unless that stream is sys.stderr at
+# the moment: under pytest it is the session's capture file, so a test importing submitit after any scvi fit closed
+# pytest's own capture ("I/O operation on closed file", then "lost sys.stderr"). Imported here, first, it closes
+# nothing of anyone's. (Outside pytest absl's stream is sys.stderr itself, which it never closes.)
+try:
+    import submitit  # noqa: F401
+except ImportError:  # the cluster extra is optional; its tests skip or check the error
+    pass
 REALDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata"
 
 
