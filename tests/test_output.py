@@ -22,7 +22,8 @@ def test_dataset_opens_in_scanpy_as_is(synthetic, tmp_path):
         img, sf = lib["images"]["lowres"], lib["scalefactors"]
         info = a.uns["sections"][section]
         assert img.dtype == np.uint8 and max(img.shape[:2]) <= max(info["image_width"], info["image_height"])
-        assert sf["tissue_lowres_scalef"] == pytest.approx(img.shape[1] / max(info["image_width"], info["image_height"]))
+        assert sf["tissue_lowres_scalef"] == pytest.approx(img.shape[1] / info["image_width"], rel=0.01)  # the image, unpadded
+        assert sf["tissue_hires_scalef"] == pytest.approx(lib["images"]["hires"].shape[0] / info["image_height"], rel=0.01)
         assert sf["spot_diameter_fullres"] == pytest.approx(info["spot_diameter_um"] / info["um_per_px"])
     sub = a[a.obs["section"] == "P1S1"].copy()
     with warnings.catch_warnings():

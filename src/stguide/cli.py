@@ -48,7 +48,8 @@ def cmd_data(args: argparse.Namespace) -> None:
     from stguide.data import read, write_dataset
 
     options = {k: getattr(args, k) for k in ("ids", "labels_dir", "labels", "image", "um_per_px", "patient", "section",
-                                             "label_key", "gene_rule", "seed") if getattr(args, k) is not None}
+                                             "label_key", "gene_rule", "seed", "table", "coordinate_system", "um_per_unit",
+                                             "spot_diameter_um", "patient_key") if getattr(args, k) is not None}
     if args.format == "synthetic":
         options["image_dir"] = str(Path(args.out).parent / "images")
     a = read(args.format, args.path, **options)
@@ -361,14 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("data", help="read a dataset into the stguide data model (.h5ad)")
     r.add_argument("format", choices=sorted(READERS))
-    r.add_argument("path", nargs="?", help="HER2ST root, HEST root, Visium outs/, or an .h5ad")
+    r.add_argument("path", nargs="?", help="HER2ST root, HEST root, Visium outs/, an .h5ad, or a SpatialData .zarr store")
     r.add_argument("--out", required=True, help="the .h5ad to write")
     r.add_argument("--ids", nargs="*", help="HEST ids (default: all)")
     r.add_argument("--labels-dir", help="HEST: folder of {id}.tsv label files")
     r.add_argument("--labels", help="Visium: a barcode,label TSV")
-    r.add_argument("--image", help="Visium / AnnData: the full-resolution H&E image")
-    r.add_argument("--um-per-px", type=float, help="AnnData: µm per pixel of --image")
-    r.add_argument("--patient", help="Visium / AnnData: the patient")
+    r.add_argument("--image", help="Visium / AnnData: the full-resolution H&E image; SpatialData: the image element's name")
+    r.add_argument("--um-per-px", type=float, help="AnnData / SpatialData: µm per pixel of the image")
+    r.add_argument("--patient", help="Visium / AnnData / SpatialData: the patient")
+    r.add_argument("--patient-key", help="AnnData / SpatialData: the obs column of patients (instead of --patient)")
+    r.add_argument("--table", help="SpatialData: the table of counts (default: the store's only table)")
+    r.add_argument("--coordinate-system", help="SpatialData: the coordinate system the image and spots share (default global)")
+    r.add_argument("--um-per-unit", type=float, help="SpatialData: µm per coordinate unit (e.g. 0.2125 for Xenium's global)")
+    r.add_argument("--spot-diameter-um", type=float, help="SpatialData: the circles' diameter in µm (e.g. 55 for Visium)")
     r.add_argument("--section", help="Visium / AnnData: the section name")
     r.add_argument("--label-key", help="AnnData: obs column of labels")
     r.add_argument("--gene-rule", choices=list(GENE_RULES), help=f"HER2ST / HEST: how sections' gene sets combine (default {GENE_RULES[0]})")

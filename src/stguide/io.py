@@ -78,8 +78,13 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's content (size + first and last 8 MiB for files over 64 MiB). Never timestamps."""
+    """sha256 of a file's content (size + first and last 8 MiB for files over 64 MiB). Never timestamps.
+    A folder (a zarr store's image element): every file's relative path and size, and the contents of its files in
+    path order up to 64 MiB in all (the metadata and the first chunks; a chunk rewritten with other content almost
+    always changes its compressed size too)."""
     path = Path(path)
+    if path.is_dir():
+        return _folder_digest(path)
     h = hashlib.sha256()
     size = path.stat().st_size
     h.update(str(size).encode())
@@ -91,6 +96,18 @@ def file_digest(path: str | os.PathLike) -> str:
             h.update(f.read(8 * 2**20))
             f.seek(size - 8 * 2**20)
             h.update(f.read())
+    return h.hexdigest()
+
+
+def _folder_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    budget = _HASH_FULL_LIMIT
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path).as_posix()}\0{size}\0".encode())
+        if size <= budget:
+            h.update(f.read_bytes())
+            budget -= size
     return h.hexdigest()
 
 

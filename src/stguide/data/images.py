@@ -5,6 +5,8 @@
   strips of tiles and reduced on the fly, so the full-resolution image is never held in memory. A tiled level's
   tiles decode on all cores.
 * Whole-slide formats (``.svs``, ``.ndpi``, ``.mrxs``, ...): OpenSlide, reading regions from the best level.
+* OME-NGFF (OME-Zarr) multiscale images, e.g. a SpatialData store's image element ``STORE.zarr/images/NAME``: the
+  coarsest stored scale not coarser than needed, whole or chunk by chunk (``ngff.py``).
 
 All coordinates given to a :class:`~stguide.data.level.Level` are full-resolution pixels; the level and its cutting live
 in ``level.py``, the TIFF decoding in ``tiff.py``.
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stguide.data import tiff
+from stguide.data import ngff, tiff
 from stguide.data.level import Level
 from stguide.errors import InputError
 
@@ -38,6 +40,8 @@ def _unreadable(path: Path, e: Exception) -> InputError:
 
 
 def _kind(path: Path) -> str:
+    if ngff.is_ngff(path):
+        return "ngff"
     name = path.name.lower()
     if name.endswith(OPENSLIDE_SUFFIXES):
         return "openslide"
@@ -49,7 +53,7 @@ def _kind(path: Path) -> str:
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[None]:
     """Check that ``path`` exists, and turn any decoder failure inside the block into one clear InputError."""
-    if not path.is_file():
+    if not path.is_file() and not ngff.is_ngff(path):
         raise InputError(path, "the image file does not exist", "check the path, or load the section without an image")
     try:
         yield
@@ -64,6 +68,8 @@ def image_size(path: str | PathLike) -> tuple[int, int]:
     path = Path(path)
     with _reading(path):
         kind = _kind(path)
+        if kind == "ngff":
+            return ngff.image_size(path)
         if kind == "openslide":
             import openslide
 
@@ -109,6 +115,8 @@ def open_level(path: str | PathLike, downsample: float = 1.0, lazy: bool = False
     path = Path(path)
     with _reading(path):
         kind = _kind(path)
+        if kind == "ngff":
+            return ngff.open_level(path, downsample, lazy)
         if kind == "openslide":
             import openslide
 
@@ -146,6 +154,8 @@ def native_um_per_px(path: str | PathLike) -> float | None:
     with _reading(path):
         kind = _kind(path)
         value: float | None = None
+        if kind == "ngff":
+            return None
         if kind == "openslide":
             import openslide
 

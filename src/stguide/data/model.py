@@ -8,8 +8,9 @@
   ``spot_diameter_um``, ``patient``, and the image size when known.
 * ``uns["genes"]``: the rule that combined the sections' gene sets and how many genes it dropped.
 * ``obsm["spatial"]``: ``x_px``, ``y_px`` as an array, and (written by :func:`write_dataset`) ``uns["spatial"]``:
-  one library per section with a low-resolution image and its scale factor, the layout scanpy's ``pl.spatial``
-  and squidpy read, so a dataset opens in both as is (``library_id`` = the section).
+  one library per section with its ``hires`` and ``lowres`` images and scale factors, the layout scanpy's
+  ``pl.spatial`` and squidpy's ``pl.spatial_scatter`` read, so a dataset opens in both as is (``library_id`` = the
+  section, ``obs["section"]``).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ EXCLUDED_LABELS: tuple[str, ...] = ("undetermined",)
 training label."""
 
 LABEL_SOURCES: tuple[str, ...] = ("pathologist", "proxy", "synthetic")
-SPATIAL_IMAGE_PX = 600  # longer side of the per-section image stored in uns["spatial"]
+SPATIAL_IMAGE_PX = {"hires": 2000, "lowres": 600}  # longer sides of the images of uns["spatial"] (Space Ranger's)
 UM_PER_PX_RANGE: tuple[float, float] = (0.1, 10.0)
 GENE_RULES: tuple[str, ...] = ("intersection", "union")
 
@@ -286,10 +287,33 @@ def set_spatial(adata: ad.AnnData) -> None:
     adata.obsm["spatial"] = adata.obs[["x_px", "y_px"]].to_numpy(dtype=np.float64)
 
 
-def add_spatial_images(adata: ad.AnnData, max_px: int = SPATIAL_IMAGE_PX) -> None:
-    """``uns["spatial"][section]``: a ``lowres`` image of each section with an image (``max_px`` on its longer
-    side), ``tissue_lowres_scalef`` and ``spot_diameter_fullres``, the layout of Space Ranger data in scanpy.
-    Sections already present are kept."""
+def resized(image: np.ndarray, scale: float, max_px: int) -> tuple[np.ndarray, float]:
+    """``image`` (whose pixels are ``scale`` per full-resolution pixel) at most ``max_px`` on its longer side, and
+    its new scale."""
+    from PIL import Image
+
+    f = min(1.0, max_px / max(image.shape[:2]))
+    if f == 1.0:
+        return image, scale
+    size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR)), scale * size[0] / image.shape[1]
+
+
+def spatial_library(image: np.ndarray, scale: float, spot_diameter_fullres: float, source: str) -> dict:
+    """One library of scanpy's / squidpy's ``uns["spatial"]`` from an image of the section (``scale``: its pixels per
+    full-resolution pixel): a ``hires`` and a ``lowres`` image at Space Ranger's sizes (at most 2000 and 600 px; never
+    larger than ``image``), their scale factors and the spot diameter in full-resolution pixels."""
+    hires, hs = resized(image, scale, SPATIAL_IMAGE_PX["hires"])
+    lowres, ls = resized(hires, hs, SPATIAL_IMAGE_PX["lowres"])
+    return {"images": {"hires": hires, "lowres": lowres},
+            "scalefactors": {"tissue_hires_scalef": hs, "tissue_lowres_scalef": ls, "spot_diameter_fullres": spot_diameter_fullres},
+            "metadata": {"source_image_path": source}}
+
+
+def add_spatial_images(adata: ad.AnnData) -> None:
+    """``uns["spatial"][section]``: for each section with an image, its :func:`spatial_library` (``hires`` and
+    ``lowres`` images, ``tissue_*_scalef``, ``spot_diameter_fullres``), the layout of Space Ranger data that scanpy's
+    ``pl.spatial`` and squidpy's ``pl.spatial_scatter`` read. Sections already present are kept."""
     from stguide.data.images import thumbnail
 
     spatial = dict(adata.uns.get("spatial", {}))
@@ -298,10 +322,10 @@ def add_spatial_images(adata: ad.AnnData, max_px: int = SPATIAL_IMAGE_PX) -> Non
         if name in spatial or not info.has_image or not info.image_width or info.um_per_px is None:
             continue
         image, um_per_px = info.imaging()
-        img, scale = thumbnail(image, info.image_width, info.image_height, min(max_px, max(info.image_width, info.image_height)))
-        spatial[name] = {"images": {"lowres": img},
-                         "scalefactors": {"tissue_lowres_scalef": scale, "spot_diameter_fullres": info.spot_diameter_um / um_per_px},
-                         "metadata": {"source_image_path": image}}
+        side = max(info.image_width, info.image_height)
+        img, scale = thumbnail(image, info.image_width, info.image_height, min(SPATIAL_IMAGE_PX["hires"], side))
+        img = img[: max(1, round(info.image_height * scale)), : max(1, round(info.image_width * scale))]  # without the square's padding
+        spatial[name] = spatial_library(img, scale, info.spot_diameter_um / um_per_px, image)
     adata.uns["spatial"] = spatial
 
 
