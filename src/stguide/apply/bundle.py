@@ -1,9 +1,13 @@
 """A model bundle: one folder of plain files that applies a trained stguide model to slides without ST.
 
-- ``image_model.safetensors``: the image tower — the trunk's frozen prefix, the part stage 2 trained (nothing for
-  ``trunk: frozen``, the last blocks for ``partial``, the whole trunk for ``full``) and the image head;
+- ``image_model.safetensors``: the image tower — the part stage 2 trained (nothing for ``trunk: frozen``, the last
+  blocks for ``partial``, the whole trunk for ``full``), the image head, and the trunk's frozen prefix only when
+  that prefix is not an external backbone. A pretrained trunk (timm name, ``hf-hub:`` name or local weight file) is
+  *referenced*, not copied: the manifest's ``trunk_source`` names it with the sha256 of its prefix tensors, and
+  loading rebuilds it from the user's copy and refuses one whose hash differs (format 2; format-1 bundles, which
+  always copied the prefix, still load);
 - ``probe.npz``: the linear probe (scaler, coefficients, intercepts, classes) as arrays;
-- ``manifest.json``: versions, the architecture, the input normalisation, the patch settings (µm, px, stain
+- ``manifest.json``: the stguide, torch and timm versions, the architecture and trunk source, the input normalisation, the patch settings (µm, px, stain
   handling), the features the probe reads, the classes, the genes, the training data's fingerprint, the run's LOPO
   scores, and the sha256 of every file;
 - ``MODEL_CARD.md``: what it was trained on, how well it transferred, its caveats.
@@ -26,7 +30,7 @@ import torch
 
 from stguide.apply.expression import gene_embedding, retrieve
 from stguide.apply.runcell import REFIT, TrainedCell, cell_tower, check_exportable, open_cell, probe_of_cell, run_store, train_patients, training_spots
-from stguide.apply.tower import ImageTower, build_tower, embed_patches
+from stguide.apply.tower import ImageTower, build_tower, embed_patches, tensors_sha256
 from stguide.data.model import read_dataset
 from stguide.errors import InputError
 from stguide.evaluate.cache import data_key
@@ -34,7 +38,8 @@ from stguide.io import atomic_path, write_json_atomic
 
 FILES = ("image_model.safetensors", "probe.npz", "MODEL_CARD.md")
 REFERENCE = "reference.npz"  # optional: the joint-space reference for image → expression
-FORMAT = 1
+FORMAT = 2  # 2: an external trunk is referenced (manifest "trunk_source"), not copied; 1 (always copied) still loads
+READS = (1, 2)
 
 
 def _sha256(path: Path) -> str:
@@ -118,8 +123,8 @@ def load_bundle(path: str | PathLike) -> Bundle:
         man = json.loads(mf.read_text())
     except json.JSONDecodeError as e:
         raise InputError(mf, f"is not valid JSON ({e})", "export the bundle again") from None
-    if man.get("format") != FORMAT:
-        raise InputError(mf, f"bundle format {man.get('format')!r}, this stguide reads {FORMAT}", "export the bundle again with this version")
+    if man.get("format") not in READS:
+        raise InputError(mf, f"bundle format {man.get('format')!r}, this stguide reads {list(READS)}", "export the bundle again with this version")
     for name, digest in man.get("sha256", {}).items():
         f = path / name
         if not f.is_file():
@@ -127,8 +132,11 @@ def load_bundle(path: str | PathLike) -> Bundle:
         if _sha256(f) != digest:
             raise InputError(f, "differs from the file the bundle was exported with (checksum mismatch)",
                              "restore the original file, or export the bundle again")
-    tower = build_tower(man)
+    source = man.get("trunk_source") or {"copied": True}
+    tower = build_tower(man) if source["copied"] else _referenced_tower(path, man, source)
     missing, unexpected = load_model(tower, str(path / "image_model.safetensors"), strict=False)
+    if not source["copied"]:
+        missing = [k for k in missing if not k.startswith("prefix.")]  # the external trunk's, loaded above
     if missing or unexpected:
         raise InputError(path / "image_model.safetensors", f"does not fit the architecture in the manifest "
                          f"({len(missing)} missing, {len(unexpected)} unexpected tensors)", "export the bundle again")
@@ -140,6 +148,35 @@ def load_bundle(path: str | PathLike) -> Bundle:
         with np.load(path / REFERENCE, allow_pickle=False) as z:
             reference = {k: z[k] for k in z.files}
     return Bundle(path, man, tower, probe, reference)
+
+
+def _referenced_tower(path: Path, man: dict[str, Any], source: dict[str, Any]) -> ImageTower:
+    """The tower around the external trunk the manifest references, refused when its weights are not the ones the
+    model was trained with."""
+    from stguide.contrastive.encoders import build_image_encoder
+
+    model, _ = build_image_encoder(source["backbone"], source["init"])  # a clear error when the weights cannot be had
+    tower = build_tower(man, model.eval())
+    found = tensors_sha256(tower.prefix)
+    if found != source["sha256"]:
+        raise InputError(path / "manifest.json", f"references the trunk {source['backbone']} (init {source['init']}) with weights of "
+                         f"sha256 {source['sha256'][:16]}…, but the weights found here hash to {found[:16]}…",
+                         "install the same weights the model was trained with (the same file, package or hub revision)")
+    return tower
+
+
+def trunk_source(ccfg, tower: ImageTower) -> dict[str, Any]:
+    """How a bundle holds its trunk's frozen prefix: referenced (``copied`` False: pretrained weights from a hub, a
+    package or a file, which the user has or can get, and may not be licensed for copying) or copied (a random
+    initialisation, which exists nowhere else, or a trunk without a frozen prefix). Always its tensors' sha256."""
+    import os
+
+    external = ccfg.init != "none" and any(True for _ in tower.prefix.parameters())
+    src: dict[str, Any] = {"backbone": ccfg.backbone, "init": ccfg.init, "sha256": tensors_sha256(tower.prefix), "copied": not external}
+    if ccfg.init.startswith("file:"):
+        f = Path(os.path.expanduser(ccfg.init[5:]))
+        src["file"] = {"path": str(f.resolve()), "sha256": _sha256(f)}
+    return src
 
 
 def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike, fold: str | None = None, seed: int = 0,
@@ -166,6 +203,7 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
         "format": FORMAT, "stguide": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "method": method, "fold": c.fold, "seed": ccfg.seed, "run": str(c.run.resolve()), "run_command": results.get("command", ""),
         "backbone": ccfg.backbone, "init": ccfg.init, "trunk": ccfg.trunk if c.trains else "frozen", "trunk_blocks": ccfg.trunk_blocks,
+        "trunk_source": trunk_source(ccfg, tower),
         "features": tower.features, "prefix_float16": tower.prefix_float16,
         "feature_dim": head.in_dim if head is not None else 0, "embed_dim": head.embed_dim if head is not None else 0,
         "dropout": ccfg.dropout, "input_mean": transform.mean.flatten().tolist(), "input_std": transform.std.flatten().tolist(),
@@ -184,7 +222,13 @@ def export_bundle(run_dir: str | PathLike, method: str, out_dir: str | PathLike,
         tmp.mkdir()
         from safetensors.torch import save_model
 
-        save_model(tower, str(tmp / "image_model.safetensors"))
+        if man["trunk_source"]["copied"]:
+            save_model(tower, str(tmp / "image_model.safetensors"))
+        else:  # the external trunk's prefix is referenced by name and hash, not copied
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in tower.state_dict().items() if not k.startswith("prefix.")},
+                      str(tmp / "image_model.safetensors"))
         np.savez(tmp / "probe.npz", allow_pickle=False, **probe)
         if reference is not None:
             np.savez(tmp / REFERENCE, allow_pickle=False, **reference)

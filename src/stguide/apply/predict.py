@@ -3,9 +3,12 @@
 The slide's tissue is found on a thumbnail, tiled at the bundle's physical patch size, and read lazily at the right
 pyramid level in batches (memory stays flat in the slide's size). Writes into ``out_dir``:
 
-- ``tiles.h5ad``: one observation per tile — centre in ``obsm["spatial"]`` (full-resolution px), the probed
-  features in ``obsm["X_image"]``, the class probabilities (``obs["p_<class>"]``), the predicted class
-  (``obs["predicted"]``) and the tile's tissue fraction;
+- ``{model}_tiles.h5ad`` (the tile table, named as LazySlide names a model's tile features; ``model`` is the bundle's
+  method): one observation per tile — its probed features in ``X``, its centre in ``obsm["spatial"]``
+  (full-resolution px), the tile size and µm/px in ``uns["tile_spec"]``, the class probabilities
+  (``obs["p_<class>"]``), the predicted class (``obs["predicted"]``), the tissue fraction, and the slide's thumbnail
+  with its scale factor in ``uns["spatial"][<slide>]`` (squidpy's ``pl.spatial_scatter`` draws it as is);
+- with ``spatialdata``: the same table and the tiles as square shapes added to a SpatialData store;
 - ``map.png``: the subtype map over the thumbnail, with a legend of classes and their area fractions;
 - ``tiles.geojson``: each tile as a square polygon with its class (QuPath: File › Import objects);
 - ``summary.json``: the slide, its µm/px and where it came from, the tile count and size, the area fractions, and the
@@ -25,8 +28,9 @@ import numpy as np
 from stguide.apply.bundle import Bundle, load_bundle
 from stguide.apply.tissue import tile_grid, tissue_mask
 from stguide.data.images import image_size, native_um_per_px, open_level, thumbnail
+from stguide.data.model import spatial_library
 from stguide.errors import InputError
-from stguide.io import write_json_atomic
+from stguide.io import atomic_path, write_json_atomic
 from stguide.progress import read_ahead, track
 from stguide.report.palette import class_colour
 
@@ -46,10 +50,11 @@ def slide_um_per_px(slide: Path, given: float | None) -> tuple[float, str]:
 
 def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir: str | PathLike, *, um_per_px: float | None = None,
                   batch_size: int = 64, min_tissue: float = 0.5, thumb_px: int = 2048, genes: list[str] | None = None,
-                  map_gene: str | None = None, progress: bool = True) -> dict[str, Any]:
+                  map_gene: str | None = None, spatialdata: str | PathLike | None = None, progress: bool = True) -> dict[str, Any]:
     """Apply a bundle to ``slide``; returns the summary (also written as ``summary.json``). ``genes``: predicted
     expression of these genes per tile (retrieval from the bundle's reference: ``obs["expr_<gene>"]``, log1p of
-    counts per 10,000); ``map_gene``: one of them drawn as ``map_<gene>.png``."""
+    counts per 10,000); ``map_gene``: one of them drawn as ``map_<gene>.png``; ``spatialdata``: a SpatialData store the
+    tiles are added to (:func:`stguide.apply.spatial.add_tiles`)."""
     import anndata as ad
     import pandas as pd
 
@@ -60,6 +65,10 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
         genes.append(map_gene)
     if genes:
         bundle.panel_columns(genes)  # checks them before any tile is read
+    if spatialdata is not None:
+        from stguide.data.readers.spatialdata import require_spatialdata
+
+        require_spatialdata("--spatialdata")
     t0 = time.perf_counter()
     w, h = image_size(slide)
     mpp, mpp_source = slide_um_per_px(slide, um_per_px)
@@ -110,15 +119,27 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
     obs["tissue_fraction"] = grid.tissue
     for j, g in enumerate(genes):
         obs[f"expr_{g}"] = expr[:, j]
-    tiles_ad = ad.AnnData(obs=obs, obsm={"spatial": grid.centres.astype(np.float64), "X_image": feats})
+    name = table_name(bundle.manifest["method"])
+    tiles_ad = ad.AnnData(X=feats, obs=obs, obsm={"spatial": grid.centres.astype(np.float64)})
+    library = slide_name(slide)
+    tiles_ad.uns["tile_spec"] = {"width": side_px, "height": side_px, "tile_um": patch["size_um"], "mpp": mpp,
+                                 "tile_px_at_model": out_px, "unit": "full-resolution px of the slide"}
+    # squidpy/scanpy's spatial layout: the thumbnail as the library's low-resolution image, tiles drawn at their size
+    tiles_ad.uns["spatial"] = {library: spatial_library(thumb, scale, side_px, str(slide))}
+    tiles_ad.obs["library_id"] = pd.Categorical([library] * n)
     fractions = {c: float(np.mean(pred == c)) if n else 0.0 for c in classes}
     summary = {"slide": str(slide), "size_px": [w, h], "um_per_px": mpp, "um_per_px_source": mpp_source,
                "tile_um": patch["size_um"], "tile_px": side_px, "n_tiles": n, "min_tissue": min_tissue,
-               "area_fraction": fractions, "genes": genes,
+               "area_fraction": fractions, "genes": genes, "table": f"{name}.h5ad",
                "model": {k: bundle.manifest[k] for k in ("method", "fold", "backbone", "trunk", "features")},
                "seconds": {"thumbnail_and_mask": round(t_mask - t0, 2), "tiles": round(t_tiles - t_mask, 2)}}
     tiles_ad.uns["stguide_predict"] = json.loads(json.dumps(summary))
-    tiles_ad.write_h5ad(out / "tiles.h5ad")
+    with atomic_path(out / f"{name}.h5ad", suffix=".h5ad") as tmp:
+        tiles_ad.write_h5ad(tmp)
+    if spatialdata is not None:
+        from stguide.apply.spatial import add_tiles
+
+        summary["spatialdata"] = str(add_tiles(spatialdata, tiles_ad, name, slide, thumb, scale))
     write_geojson(out / "tiles.geojson", grid.centres, side_px, pred, proba.max(1) if n else np.zeros(0))
     subtype_map(out / "map.png", thumb, scale, grid.centres, side_px, pred, classes, fractions, slide.name)
     if map_gene:
@@ -126,6 +147,13 @@ def predict_slide(slide: str | PathLike, model: str | PathLike | Bundle, out_dir
     summary["seconds"]["outputs"] = round(time.perf_counter() - t_tiles, 2)
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def table_name(method: str) -> str:
+    """The tile table's name for a model of ``method``: ``{model}_tiles`` (LazySlide's naming of a model's tile table)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", method) + "_tiles"
 
 
 def slide_name(slide: str | PathLike) -> str:
@@ -165,8 +193,12 @@ def predict_slides(slides: list[str], model: str | PathLike, out_dir: str | Path
     if twice:
         raise InputError(slides[names.index(twice[0])], f"several slides would write to the folder {twice[0]!r}",
                          "give slides distinct names, or predict them in separate runs")
-    for s in slides:
-        image_size(s)  # missing or unreadable slides stop the run before any job
+    for s in slides:  # missing or unreadable slides, or one of unknown scale, stop the run before any job
+        image_size(s)
+        slide_um_per_px(Path(s), options.get("um_per_px"))
+    if options.get("spatialdata") and len(slides) > 1:
+        raise InputError("--spatialdata", f"one store was given for {len(slides)} slides, whose tile tables would share a name",
+                         "predict one slide per --spatialdata store")
     dirs = [out] if len(slides) == 1 else [out / n for n in names]
     options = {**options, "progress": progress and executor.kind == "serial"}
     done = run_stages([Stage("predict", predict_job, [(str(s), str(model), str(d), options) for s, d in zip(slides, dirs, strict=True)],

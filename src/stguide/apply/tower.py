@@ -37,6 +37,19 @@ class ImageTower(nn.Module):
         return u if self.features == "head" else torch.cat([f, u], dim=1)
 
 
+def tensors_sha256(module: nn.Module) -> str:
+    """sha256 of a module's tensors (names, dtypes, shapes and values, in name order): the identity of a set of weights,
+    whichever file or hub they came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def embed_patches(tower: ImageTower, transform, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(the probed features, the normalised head embedding or None) of uint8 patches, one forward pass."""
@@ -44,14 +57,16 @@ def embed_patches(tower: ImageTower, transform, patches: np.ndarray) -> tuple[np
     return tower.probed(f, u).numpy().astype(np.float32), (None if u is None else u.numpy().astype(np.float32))
 
 
-def build_tower(man: dict[str, Any]) -> ImageTower:
-    """The untrained architecture a manifest describes (weights are loaded separately)."""
+def build_tower(man: dict[str, Any], model: nn.Module | None = None) -> ImageTower:
+    """The architecture a manifest describes: untrained (weights are loaded separately), or around ``model``, the
+    trunk with its own (external, pretrained) weights, whose frozen prefix the bundle references instead of copying."""
     import timm
 
     from stguide.contrastive.heads import ProjectionHead
     from stguide.contrastive.trunk import split_trunk
 
-    model = timm.create_model(man["backbone"], pretrained=False, num_classes=0)
+    if model is None:
+        model = timm.create_model(man["backbone"], pretrained=False, num_classes=0)
     prefix: nn.Module
     backbone: nn.Module
     if man["trunk"] == "frozen":
