@@ -175,3 +175,54 @@ def test_the_knn_probe_finds_the_cosine_neighbours():
     want = KNeighborsClassifier(15, metric="cosine").fit(x[tr], y[tr]).predict(x[te])
     got = fit_knn_probe(x[tr], y[tr], ProbeConfig(k=15)).predict(x[te])
     assert (got == want).all()
+
+
+def test_the_approximate_knn_probe_votes_like_the_exact_one_above_its_threshold():
+    """Above probe.knn_exact_max training spots the kNN probe searches a pynndescent index: on clustered features
+    (what trained features look like) its predictions are the exact probe's on nearly every spot, it is the same
+    on a second fit (one thread, fixed seed), and at or below the threshold the probe stays exact."""
+    import numpy as np
+    from sklearn.pipeline import Pipeline
+
+    from stguide.evaluate.knn import ApproximateKNN
+    from stguide.evaluate.probes import ProbeConfig, fit_knn_probe
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(6, 32)) * 3
+    lab = rng.integers(0, 6, 1200)
+    x = (centres[lab] + rng.normal(size=(1200, 32))).astype(np.float32)
+    y = np.array(list("abcdef"))[lab]
+    y[rng.random(1200) < 0.2] = "a"
+    tr, te = np.arange(900), np.arange(900, 1200)
+    exact = fit_knn_probe(x[tr], y[tr], ProbeConfig(knn_exact_max=900))
+    approx = fit_knn_probe(x[tr], y[tr], ProbeConfig(knn_exact_max=899))
+    assert isinstance(exact, Pipeline) and isinstance(approx, ApproximateKNN)
+    want, got = exact.predict(x[te]), approx.predict(x[te])
+    assert (got == want).mean() >= 0.98, (got == want).mean()
+    assert (fit_knn_probe(x[tr], y[tr], ProbeConfig(knn_exact_max=0)).predict(x[te]) == got).all()
+
+
+def test_the_warm_started_c_grid_reaches_the_cold_fits_choice():
+    """probe.warm_start fits each inner fold's C grid in ascending order from the previous solution: the same optimum,
+    so here the same inner scores to the solver's tolerance and the same chosen C (on near-tied inner scores the
+    choice can move: benchmarks/probe_scaling.py, why it is off by default); warm_start false (the default) is the
+    cold fits exactly (the scaler is fitted once per fold either way, as the pipeline fitted it)."""
+    import numpy as np
+    from sklearn.model_selection import GroupKFold
+
+    from stguide.evaluate.metrics import classification_metrics
+    from stguide.evaluate.probes import ProbeConfig, _linear, fit_linear_probe
+
+    rng = np.random.default_rng(2)
+    lab = rng.integers(0, 4, 900)
+    x = (rng.normal(size=(4, 40))[lab] + 2 * rng.normal(size=(900, 40))).astype(np.float32)
+    y, groups = np.array(list("wxyz"))[lab], np.repeat([1, 2, 3], 300)
+    cfg = ProbeConfig(Cs=(1.0, 0.01, 0.1), warm_start=True)
+    cold = {}
+    for C in cfg.Cs:  # what the probe computed before warm starts: one pipeline per fold and C
+        cold[C] = float(np.mean([classification_metrics(y[va], _linear(C, cfg.max_iter).fit(x[tr], y[tr]).predict(x[va]))["bacc"]
+                                 for tr, va in GroupKFold(n_splits=3).split(x, y, groups)]))
+    _, c_cold, s_cold = fit_linear_probe(x, y, groups, ProbeConfig(Cs=cfg.Cs, warm_start=False))
+    _, c_warm, s_warm = fit_linear_probe(x, y, groups, cfg)
+    assert s_cold == cold and list(s_warm) == list(cfg.Cs)
+    assert c_warm == c_cold and max(abs(s_warm[C] - cold[C]) for C in cfg.Cs) <= 0.005, (s_warm, cold)

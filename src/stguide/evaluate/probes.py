@@ -7,13 +7,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from stguide.config import FromDict
 from stguide.errors import InputError
+from stguide.evaluate.knn import knn_classifier
 from stguide.evaluate.metrics import classification_metrics, detailed_metrics, missing_classes
 
 
@@ -30,7 +30,15 @@ class ProbeConfig(FromDict):
     whose folds are training patients (a single C is used when there is one training patient). ``c_tolerance``: the smallest C whose inner score is within
     this of the best is taken (0: the best; with two or three training patients the inner scores of the grid often lie
     within 0.001 of each other, and a tolerance keeps the choice from flipping on noise). ``max_iter``: solver
-    iterations. ``k``: neighbours of the cosine kNN probe."""
+    iterations. ``warm_start``: each inner fold fits the grid in ascending C, each fit starting from the solution at
+    the C before: 11-41 % fewer L-BFGS iterations, the same optimum to the solver's tolerance, but on the near-tied
+    inner scores of few training patients that tolerance moves the chosen C (2 of 12 real HER2ST comparisons, by up
+    to 0.024 in held-out balanced accuracy; benchmarks/probe_scaling.py), so it is off by default (``false``: the
+    cold fits of every earlier result, bit for bit). ``k``: neighbours of the cosine kNN probe. ``knn_exact_max``:
+    the kNN probe searches exactly while the training spots number at most this, and through an approximate
+    pynndescent index above it (:mod:`stguide.evaluate.knn`; 0: always approximate). Exact search grows with
+    training × test spots but was faster up to 26k training spots of 1,280-d features, the index faster at 52k; the
+    default keeps every experiment of docs/results.md exact."""
 
     section: ClassVar[str] = "probe"
 
@@ -40,6 +48,8 @@ class ProbeConfig(FromDict):
     k: int = 15
     centre: Literal["none", "patient"] = "none"
     c_tolerance: float = 0.0
+    warm_start: bool = False
+    knn_exact_max: int = 50_000
 
 
 def probed_features(features: str, backbone_trained: bool) -> str:
@@ -79,13 +89,16 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Prob
     scores = {}
     if len(cfg.Cs) > 1 and len(ug) >= 2:
         cv = GroupKFold(n_splits=min(len(ug), 5))
-        for C in cfg.Cs:
-            s = []
-            for tr, va in cv.split(x, y, groups):
-                if len(np.unique(y[tr])) < 2:
-                    continue
-                s.append(classification_metrics(y[va], _linear(C, cfg.max_iter).fit(x[tr], y[tr]).predict(x[va]))["bacc"])
-            scores[C] = float(np.mean(s)) if s else float("nan")
+        per_c: dict[float, list[float]] = {C: [] for C in cfg.Cs}
+        for tr, va in cv.split(x, y, groups):
+            if len(np.unique(y[tr])) < 2:
+                continue
+            scaler = StandardScaler().fit(x[tr])  # what _linear's pipeline fits on x[tr], once for the whole grid
+            xtr, xva = scaler.transform(x[tr]), scaler.transform(x[va])
+            lr = LogisticRegression(class_weight="balanced", max_iter=cfg.max_iter, warm_start=cfg.warm_start)
+            for C in sorted(cfg.Cs):
+                per_c[C].append(classification_metrics(y[va], lr.set_params(C=C).fit(xtr, y[tr]).predict(xva))["bacc"])
+        scores = {C: float(np.mean(s)) if s else float("nan") for C, s in per_c.items()}
         best = choose_c(scores, cfg.c_tolerance)
     else:
         best = cfg.Cs[len(cfg.Cs) // 2]
@@ -95,11 +108,12 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Prob
 def fit_knn_probe(x: np.ndarray, y: np.ndarray, cfg: ProbeConfig = ProbeConfig()):
     """Cosine kNN (k capped at the number of training spots), as Euclidean kNN on L2-normalised features: the same
     neighbours (‖a − b‖² = 2 − 2 cos(a, b) for unit vectors) through scikit-learn's multi-threaded Euclidean search,
-    2× faster than its ``metric="cosine"`` at 32k spots (benchmarks/scaling_profile.py). Exact search: its cost grows
-    with training × test spots. (A zero feature vector, with no direction, is at cosine distance 0.5 from every spot here,
-    1 in scikit-learn's convention.)"""
+    2× faster than its ``metric="cosine"`` at 32k spots (benchmarks/scaling_profile.py). Exact up to
+    ``cfg.knn_exact_max`` training spots, an approximate index above (:func:`stguide.evaluate.knn.knn_classifier`).
+    (A zero feature vector, with no direction, is at cosine distance 0.5 from every spot here, 1 in scikit-learn's
+    convention.)"""
     _check(y, "<probe training set>")
-    return make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors=min(cfg.k, len(y)), metric="euclidean", weights="uniform")).fit(x, y)
+    return knn_classifier(x, y, cfg.k, cfg.knn_exact_max)
 
 
 @dataclass(frozen=True)
