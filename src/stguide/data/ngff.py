@@ -1,8 +1,8 @@
 """OME-NGFF (OME-Zarr) multiscale images, the image elements of a SpatialData store (``STORE.zarr/images/NAME``):
 the coarsest scale not coarser than the patches need, decoded whole or read chunk by chunk (zarr v3 and v2 stores).
 
-A level's axes are read from the multiscale metadata; a 2-D image with a channel axis (SpatialData's ``c, y, x``) or
-without one is accepted, and its first three channels are the RGB of the patches."""
+A level's axes are read from the multiscale metadata; a 2-D image with a channel axis first (SpatialData's and the
+OME-NGFF order ``c, y, x``) or last, or without one, is accepted, and its first three channels are the RGB of the patches."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +33,8 @@ def multiscale(path: Path) -> tuple[Any, list[str], str]:
                          "give an image element of a SpatialData store (STORE.zarr/images/NAME)")
     ms: dict[str, Any] = scales[0]
     names = [a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", [])]
-    if sorted(names) not in (["c", "x", "y"], ["x", "y"]):
-        raise InputError(path, f"has axes {names}; stguide reads 2-D images (c, y, x or y, x)",
+    if names not in (["c", "y", "x"], ["y", "x"], ["y", "x", "c"]):  # the orders a Level reads as they are stored
+        raise InputError(path, f"has axes {names}; stguide reads 2-D images (c, y, x; y, x; or y, x, c)",
                          "give a 2-D H&E image element (a 3-D or time-lapse image has no single section plane)")
     return group, [d["path"] for d in ms["datasets"]], "".join(_AXIS[n] for n in names)
 
@@ -59,9 +59,6 @@ def open_level(path: Path, downsample: float, lazy: bool = False) -> Level:
         if best_ds < ds <= downsample:
             best, best_ds = p, ds
     arr = group[best]
-    if "S" in axes and axes[0] != "S":
-        arr = np.moveaxis(np.asarray(arr[...]), axes.index("S"), 0)  # channels first, as Level reads them
-        axes = "S" + axes.replace("S", "")
     if lazy:
         return Level(path, best_ds, full, lazy=arr, lazy_axes=axes)
     data = to_rgb(np.asarray(arr[...]), axes)

@@ -64,8 +64,12 @@ def _check(y: np.ndarray, where: str) -> None:
                          "a probe needs at least two classes among the training patients' labelled spots")
 
 
+def _logistic(C: float, max_iter: int, warm_start: bool = False) -> LogisticRegression:
+    return LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter, warm_start=warm_start)
+
+
 def _linear(C: float, max_iter: int):
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter))
+    return make_pipeline(StandardScaler(), _logistic(C, max_iter))
 
 
 def choose_c(scores: dict[float, float], tolerance: float = 0.0) -> float:
@@ -95,7 +99,7 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Prob
                 continue
             scaler = StandardScaler().fit(x[tr])  # what _linear's pipeline fits on x[tr], once for the whole grid
             xtr, xva = scaler.transform(x[tr]), scaler.transform(x[va])
-            lr = LogisticRegression(class_weight="balanced", max_iter=cfg.max_iter, warm_start=cfg.warm_start)
+            lr = _logistic(1.0, cfg.max_iter, cfg.warm_start)  # C set per grid point below
             for C in sorted(cfg.Cs):
                 per_c[C].append(classification_metrics(y[va], lr.set_params(C=C).fit(xtr, y[tr]).predict(xva))["bacc"])
         scores = {C: float(np.mean(s)) if s else float("nan") for C, s in per_c.items()}

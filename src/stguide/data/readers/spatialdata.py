@@ -57,38 +57,38 @@ def _affine(element: Any, cs: str, store: Path, what: str) -> np.ndarray:
     return np.asarray(systems[cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
 
 
+def _rows(index: pd.Index, ids: np.ndarray, region: str, store: Path) -> np.ndarray:
+    """Where the table's instances ``ids`` sit in an element's ``index``; one clear error for any the element lacks."""
+    pos = pd.Index(index.astype(str)).get_indexer(ids.astype(str))
+    if (pos < 0).any():
+        raise InputError(store, f"{int((pos < 0).sum())} table row(s) annotate instances missing from {region!r} "
+                         f"(e.g. {list(ids[pos < 0][:3])})", "write the table and its shapes or points from the same data")
+    return pos
+
+
 def _centres(element: Any, ids: np.ndarray, region: str, store: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(x, y) of the instances ``ids`` of a shapes or points element in its own coordinates, and the circles'
     diameters (None for other shapes)."""
     if hasattr(element, "geometry"):  # shapes (GeoDataFrame)
-        index = pd.Index(element.index.astype(str))
-        pos = index.get_indexer(ids.astype(str))
-        if (pos < 0).any():
-            raise InputError(store, f"{int((pos < 0).sum())} table row(s) annotate instances missing from {region!r} "
-                             f"(e.g. {list(ids[pos < 0][:3])})", "write the table and its shapes from the same data")
+        pos = _rows(element.index, ids, region, store)
         geom = element.geometry.iloc[pos]
-        kinds = set(geom.geom_type)
-        if kinds == {"Point"}:
+        if set(geom.geom_type) == {"Point"}:
             xy = np.column_stack([geom.x.to_numpy(), geom.y.to_numpy()])
             diam = 2 * element["radius"].to_numpy(float)[pos] if "radius" in element else None
             return xy, diam
         c = geom.centroid
         return np.column_stack([c.x.to_numpy(), c.y.to_numpy()]), None
     df = element.compute() if hasattr(element, "compute") else element  # points (dask DataFrame)
-    index = pd.Index(df.index.astype(str))
-    pos = index.get_indexer(ids.astype(str))
-    if (pos < 0).any():
-        raise InputError(store, f"{int((pos < 0).sum())} table row(s) annotate points missing from {region!r}",
-                         "write the table and its points from the same data")
-    return df[["x", "y"]].to_numpy(float)[pos], None
+    return df[["x", "y"]].to_numpy(float)[_rows(df.index, ids, region, store)], None
 
 
-def _pixel_size(a: np.ndarray, store: Path, image: str) -> float:
-    """One image pixel's side in the coordinate system (the affine's scale), refusing anisotropic pixels."""
+def _pixel_size(a: np.ndarray, store: Path, what: str) -> float:
+    """One unit of an element (an image's pixel) as a side in the coordinate system (the affine's scale), refusing
+    anisotropic scales."""
     sx, sy = np.linalg.norm(a[:2, 0]), np.linalg.norm(a[:2, 1])
     if not np.isclose(sx, sy, rtol=0.01):
-        raise InputError(store, f"the image {image!r} has non-square pixels in this coordinate system ({sx:g} × {sy:g})",
-                         "register the image with the same scale on x and y")
+        raise InputError(store, f"the {what} has non-square pixels in this coordinate system ({sx:g} × {sy:g})",
+                         "register it with the same scale on x and y")
     return float((sx + sy) / 2)
 
 
@@ -179,8 +179,8 @@ def read_spatialdata(
         to_px = np.linalg.inv(a_img) @ a_el
         px = (to_px @ np.column_stack([xy, np.ones(len(xy))]).T).T
         x_px[rows], y_px[rows] = px[:, 0], px[:, 1]
-        unit = _pixel_size(a_img, store, img)  # coordinate units per image pixel
-        diam_units = None if diam is None else float(np.median(diam)) * _pixel_size(a_el, store, region)
+        unit = _pixel_size(a_img, store, f"image {img!r}")  # coordinate units per image pixel
+        diam_units = None if diam is None else float(np.median(diam)) * _pixel_size(a_el, store, f"element {region!r}")
         if um_per_px is not None:
             mpp, source = float(um_per_px), "um_per_px (given)"
         elif um_per_unit is not None:
