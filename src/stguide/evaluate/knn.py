@@ -43,9 +43,8 @@ class ApproximateKNN:
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        # 2k neighbours searched, the k nearest kept: on the real HER2ST folds' ImageNet features a search for k found
-        # 97.5-98.8 % of the exact 15 neighbours, one for 2k 99.1-100 %; a wider search (epsilon 0.3) finds 100 % but
-        # costs more than exact search in 1,280 dimensions (benchmarks/probe_scaling.py, docs/performance.md)
+        # 2k neighbours searched, the k nearest kept: tried by hand on the real HER2ST folds' features, a search for k
+        # alone found fewer of the exact neighbours, a wider one (epsilon 0.3) cost more than exact search in 1,280-d
         n = len(self._codes)
         nbrs, _ = self._index.query(normalize(np.asarray(x, np.float32)), k=min(2 * self.k, n), epsilon=QUERY_EPSILON)
         nbrs = nbrs[:, : self.k]  # sorted by distance
