@@ -45,6 +45,7 @@ CONFIG = """data: {{format: h5ad, path: {path}}}
 patches: {{size_um: 100, out_px: 32}}
 genes: {{n_top_genes: 200, seed: 0, scvi: {{n_latent: 10, max_epochs: 5}}}}
 contrastive: {{backbone: resnet10t, init: none, trunk: frozen, views: 1, epochs: 3, batch_size: 256, seed: 0}}
+probe: {{tol: 1.0e-4, warm_start: false, knn_exact_max: 50000}}
 lopo: {{folds: [P1]}}
 methods:
   - {{name: random}}

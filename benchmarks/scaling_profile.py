@@ -76,7 +76,8 @@ def knn(run: Path) -> dict:
     x, y, te = z["x"].astype(np.float32), z["label"], z["test"]
     k = ProbeConfig().k
     t_cos, a = best_of(lambda: KNeighborsClassifier(k, metric="cosine").fit(x[~te], y[~te]).predict(x[te]))
-    t_ours, b = best_of(lambda: fit_knn_probe(x[~te], y[~te]).predict(x[te]))
+    exact = ProbeConfig(knn_exact_max=int((~te).sum()))  # this compares exact searches
+    t_ours, b = best_of(lambda: fit_knn_probe(x[~te], y[~te], exact).predict(x[te]))
     return {"train": int((~te).sum()), "test": int(te.sum()), "dim": int(x.shape[1]), "sklearn_cosine_s": t_cos,
             "ours_s": t_ours, "ratio": t_cos / t_ours, "agreement": float(np.mean(np.asarray(a) == np.asarray(b)))}
 

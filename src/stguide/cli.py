@@ -95,6 +95,15 @@ def _gene_config(args: argparse.Namespace):
     return _from_file(GeneConfig, doc, args.config)
 
 
+def _probe_config(args: argparse.Namespace):
+    """ProbeConfig from the YAML's 'probe:' section (the defaults without one), validated up front."""
+    from stguide.config import load_yaml
+    from stguide.evaluate.probes import ProbeConfig
+
+    doc = dict(load_yaml(args.config).get("probe") or {}) if args.config else {}
+    return _from_file(ProbeConfig, doc, args.config)
+
+
 def _from_file(cls, doc: dict, path: str | None):
     """``cls.from_dict(doc)``, an error naming the YAML file (when there is one) beside the key."""
     from stguide.errors import InputError
@@ -166,10 +175,10 @@ def cmd_genes_lopo(args: argparse.Namespace) -> None:
     from stguide.genes import encoder_class
     from stguide.report import write_report
 
-    cfg = _gene_config(args)
+    cfg, probe = _gene_config(args), _probe_config(args)
     for name in args.encoders:
         encoder_class(name, "--encoders")  # before the data is read
-    res = run_gene_lopo(read_dataset(args.data), args.encoders, args.out, cfg, exclude_labels=tuple(args.exclude_labels),
+    res = run_gene_lopo(read_dataset(args.data), args.encoders, args.out, cfg, probe=probe, exclude_labels=tuple(args.exclude_labels),
                         command=_command(), batch_key=args.batch_key)
     write_report(args.out)
     _table(res)
@@ -419,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     gl.add_argument("--encoders", nargs="+", default=encoders, help=f"gene encoders (default: all, {encoders})")
     gl.add_argument("--out", required=True)
     gl.add_argument("--epochs", type=_epochs_arg, help="scVI/SysVI epochs: a number or auto")
-    gl.add_argument("--config", help="a YAML file with a 'genes:' section")
+    gl.add_argument("--config", help="a YAML file with a 'genes:' section (and optionally 'probe:', the probes' settings)")
     gl.add_argument("--batch-key", default="patient", choices=["patient", "section"],
                     help="the batch the encoders correct for (default patient); folds always hold out whole patients")
     exclude_labels(gl)

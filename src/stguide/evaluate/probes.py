@@ -1,7 +1,7 @@
 """Probes on frozen features: class-balanced logistic regression (C by inner leave-patient-out CV) and cosine kNN."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -30,15 +30,18 @@ class ProbeConfig(FromDict):
     whose folds are training patients (a single C is used when there is one training patient). ``c_tolerance``: the smallest C whose inner score is within
     this of the best is taken (0: the best; with two or three training patients the inner scores of the grid often lie
     within 0.001 of each other, and a tolerance keeps the choice from flipping on noise). ``max_iter``: solver
-    iterations. ``warm_start``: each inner fold fits the grid in ascending C, each fit starting from the solution at
-    the C before: 11-41 % fewer L-BFGS iterations, the same optimum to the solver's tolerance, but on the near-tied
-    inner scores of few training patients that tolerance moves the chosen C (2 of 12 real HER2ST comparisons, by up
-    to 0.024 in held-out balanced accuracy; benchmarks/probe_scaling.py), so it is off by default (``false``: the
-    cold fits of every earlier result, bit for bit). ``k``: neighbours of the cosine kNN probe. ``knn_exact_max``:
-    the kNN probe searches exactly while the training spots number at most this, and through an approximate
-    pynndescent index above it (:mod:`stguide.evaluate.knn`; 0: always approximate). Exact search grows with
-    training × test spots but was faster up to 26k training spots of 1,280-d features, the index faster at 52k; the
-    default keeps every experiment of docs/results.md exact."""
+    iterations. ``tol``: the L-BFGS stopping tolerance (the largest gradient component of scikit-learn's mean loss).
+    scikit-learn's default, 1e-4, stops the fits far from their optimum on image features of ~1,000 spots: on real
+    HER2ST folds the inner scores moved by up to 0.013 and the chosen C with them (benchmarks/probe_scaling.py), so
+    the chosen C followed the solver's stopping point rather than the data. At 1e-6 the fits agree with 1e-8 on
+    every fold there. ``warm_start``: each inner fold fits the grid in ascending C, each fit starting from the
+    solution at the C before: fewer iterations to the same optimum (at ``tol`` 1e-6, the same chosen C and held-out
+    balanced accuracy as cold fits on every real HER2ST fold there). The results of docs/results.md were computed
+    with ``tol: 1.0e-4, warm_start: false``, which their configs pin. ``k``: neighbours of the cosine kNN probe.
+    ``knn_exact_max``: the kNN probe searches exactly while the training spots number at most this. Above it,
+    ``knn_dims``: candidates are found among the features projected on this many principal axes and re-ranked by
+    their exact distance (0: no projection), and ``knn_index_min``: above this many training spots the candidates
+    come from a pynndescent index instead of brute force (:mod:`stguide.evaluate.knn`)."""
 
     section: ClassVar[str] = "probe"
 
@@ -48,8 +51,11 @@ class ProbeConfig(FromDict):
     k: int = 15
     centre: Literal["none", "patient"] = "none"
     c_tolerance: float = 0.0
-    warm_start: bool = False
-    knn_exact_max: int = 50_000
+    tol: float = 1e-6
+    warm_start: bool = True
+    knn_exact_max: int = 20_000
+    knn_dims: int = 128
+    knn_index_min: int = 200_000
 
 
 def probed_features(features: str, backbone_trained: bool) -> str:
@@ -64,12 +70,12 @@ def _check(y: np.ndarray, where: str) -> None:
                          "a probe needs at least two classes among the training patients' labelled spots")
 
 
-def _logistic(C: float, max_iter: int, warm_start: bool = False) -> LogisticRegression:
-    return LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter, warm_start=warm_start)
+def _logistic(C: float, cfg: ProbeConfig) -> LogisticRegression:
+    return LogisticRegression(C=C, class_weight="balanced", max_iter=cfg.max_iter, tol=cfg.tol, warm_start=cfg.warm_start)
 
 
-def _linear(C: float, max_iter: int):
-    return make_pipeline(StandardScaler(), _logistic(C, max_iter))
+def _linear(C: float, cfg: ProbeConfig):
+    return make_pipeline(StandardScaler(), _logistic(C, replace(cfg, warm_start=False)))
 
 
 def choose_c(scores: dict[float, float], tolerance: float = 0.0) -> float:
@@ -99,14 +105,14 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Prob
                 continue
             scaler = StandardScaler().fit(x[tr])  # what _linear's pipeline fits on x[tr], once for the whole grid
             xtr, xva = scaler.transform(x[tr]), scaler.transform(x[va])
-            lr = _logistic(1.0, cfg.max_iter, cfg.warm_start)  # C set per grid point below
+            lr = _logistic(1.0, cfg)  # C set per grid point below
             for C in sorted(cfg.Cs):
                 per_c[C].append(classification_metrics(y[va], lr.set_params(C=C).fit(xtr, y[tr]).predict(xva))["bacc"])
         scores = {C: float(np.mean(s)) if s else float("nan") for C, s in per_c.items()}
         best = choose_c(scores, cfg.c_tolerance)
     else:
         best = cfg.Cs[len(cfg.Cs) // 2]
-    return _linear(best, cfg.max_iter).fit(x, y), best, scores
+    return _linear(best, cfg).fit(x, y), best, scores
 
 
 def fit_knn_probe(x: np.ndarray, y: np.ndarray, cfg: ProbeConfig = ProbeConfig()):
@@ -117,7 +123,7 @@ def fit_knn_probe(x: np.ndarray, y: np.ndarray, cfg: ProbeConfig = ProbeConfig()
     (A zero feature vector, with no direction, is at cosine distance 0.5 from every spot here, 1 in scikit-learn's
     convention.)"""
     _check(y, "<probe training set>")
-    return knn_classifier(x, y, cfg.k, cfg.knn_exact_max)
+    return knn_classifier(x, y, cfg.k, cfg.knn_exact_max, cfg.knn_dims, cfg.knn_index_min)
 
 
 @dataclass(frozen=True)
