@@ -135,6 +135,22 @@ def test_probe_with_a_single_training_class():
         fit_linear_probe(np.zeros((4, 2)), np.array(["a"] * 4), np.array([1, 1, 2, 2]))
 
 
+def test_probe_settings_out_of_range_are_refused_by_name(tmp_path, capsys):
+    """A probe setting the solvers cannot take (a tolerance of 0, a negative projection) is one error naming the key,
+    from the config and from stguide genes lopo's --config before the data is read."""
+    from stguide.evaluate.probes import ProbeConfig
+
+    for doc, key in (({"tol": 0.0}, "tol"), ({"knn_dims": -1}, "knn_dims"), ({"Cs": []}, "Cs"), ({"k": 0}, "k")):
+        with pytest.raises(InputError) as e:
+            ProbeConfig.from_dict(doc)
+        assert e.value.file == f"config:probe.{key}", e.value.file
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("probe: {tol: -1.0}\n")
+    assert main(["genes", "lopo", "--data", str(tmp_path / "missing.h5ad"), "--config", str(cfg), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "config:probe.tol" in err and "positive" in err and not (tmp_path / "g").exists()
+
+
 def test_config_unknown_key_and_wrong_type():
     from stguide.contrastive import ContrastiveConfig
     from stguide.genes import GeneConfig

@@ -11,7 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from stguide.config import FromDict
+from stguide.config import ConfigError, FromDict
 from stguide.errors import InputError
 from stguide.evaluate.knn import knn_classifier
 from stguide.evaluate.metrics import classification_metrics, detailed_metrics, missing_classes
@@ -56,6 +56,18 @@ class ProbeConfig(FromDict):
     knn_exact_max: int = 20_000
     knn_dims: int = 128
     knn_index_min: int = 200_000
+
+    def __post_init__(self) -> None:
+        if not self.Cs or any(not c > 0 for c in self.Cs):
+            raise ConfigError("Cs", f"must be one or more positive numbers, got {list(self.Cs)}", "e.g. [0.01, 0.1, 1.0]")
+        if not self.tol > 0:
+            raise ConfigError("tol", f"must be positive, got {self.tol}", "use the default 1.0e-6 (1.0e-4: the results before issue 30)")
+        for key, value, low in (("max_iter", self.max_iter, 1), ("k", self.k, 1), ("knn_exact_max", self.knn_exact_max, 0),
+                                ("knn_dims", self.knn_dims, 0), ("knn_index_min", self.knn_index_min, 0)):
+            if value < low:
+                raise ConfigError(key, f"must be at least {low}, got {value}", f"set {key} to {low} or more")
+        if not self.c_tolerance >= 0:
+            raise ConfigError("c_tolerance", f"must be ≥ 0, got {self.c_tolerance}", "use 0 (the best inner score) or e.g. 0.01")
 
 
 def probed_features(features: str, backbone_trained: bool) -> str:
